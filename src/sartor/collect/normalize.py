@@ -1,0 +1,218 @@
+"""Event names and product fields: Segment e-commerce v2 is canonical, GA4 is accepted.
+
+Pure functions over a message's ``properties``; :class:`FieldError` names what is wrong.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from sartor.collect.errors import FieldError
+
+# Segment e-commerce v2 spec names (the canonical form Sartor stores).
+SEGMENT_ECOMMERCE_EVENTS = (
+    "Products Searched",
+    "Product List Viewed",
+    "Product List Filtered",
+    "Promotion Viewed",
+    "Promotion Clicked",
+    "Product Clicked",
+    "Product Viewed",
+    "Product Added",
+    "Product Removed",
+    "Cart Viewed",
+    "Checkout Started",
+    "Checkout Step Viewed",
+    "Checkout Step Completed",
+    "Payment Info Entered",
+    "Order Updated",
+    "Order Completed",
+    "Order Refunded",
+    "Order Cancelled",
+    "Coupon Entered",
+    "Coupon Applied",
+    "Coupon Denied",
+    "Coupon Removed",
+    "Product Added to Wishlist",
+    "Product Removed from Wishlist",
+    "Wishlist Product Added to Cart",
+    "Product Shared",
+    "Cart Shared",
+    "Product Reviewed",
+)
+
+GA4_EVENTS = {
+    "view_item": "Product Viewed",
+    "view_item_list": "Product List Viewed",
+    "select_item": "Product Clicked",
+    "add_to_cart": "Product Added",
+    "remove_from_cart": "Product Removed",
+    "view_cart": "Cart Viewed",
+    "begin_checkout": "Checkout Started",
+    "checkout_initiated": "Checkout Started",
+    "add_shipping_info": "Checkout Step Completed",
+    "add_payment_info": "Payment Info Entered",
+    "purchase": "Order Completed",
+    "refund": "Order Refunded",
+    "search": "Products Searched",
+    "view_search_results": "Products Searched",
+    "add_to_wishlist": "Product Added to Wishlist",
+    "view_promotion": "Promotion Viewed",
+    "select_promotion": "Promotion Clicked",
+    "share": "Product Shared",
+}
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"[\s\-]+", "_", name.strip()).lower()
+
+
+# Every spelling we accept, folded to lower snake case, mapped to the canonical name:
+# "product_viewed", "PRODUCT VIEWED", "view_item" all become "Product Viewed".
+_ALIASES: dict[str, str] = {_snake(n): n for n in SEGMENT_ECOMMERCE_EVENTS}
+_ALIASES.update(GA4_EVENTS)
+
+# Events about exactly one product: Segment puts its fields at the top of `properties`.
+SINGLE_PRODUCT_EVENTS = frozenset(
+    {
+        "Product Viewed",
+        "Product Clicked",
+        "Product Added",
+        "Product Removed",
+        "Product Added to Wishlist",
+        "Product Removed from Wishlist",
+        "Wishlist Product Added to Cart",
+        "Product Shared",
+        "Product Reviewed",
+    }
+)
+
+# GA4 item / order field -> Segment field.
+_PRODUCT_FIELD_ALIASES = {
+    "item_id": "product_id",
+    "productId": "product_id",
+    "productID": "product_id",
+    "id": "product_id",
+    "item_name": "name",
+    "item_brand": "brand",
+    "item_variant": "variant",
+    "item_category": "category",
+    "item_list_id": "list_id",
+    "item_list_name": "list_name",
+}
+_ORDER_FIELD_ALIASES = {
+    "transaction_id": "order_id",
+    "orderId": "order_id",
+    "search_term": "query",
+    "items": "products",
+}
+NUMERIC_PRODUCT_FIELDS = ("price", "quantity")
+NUMERIC_ORDER_FIELDS = ("revenue", "total", "value", "subtotal", "tax", "shipping", "discount")
+MAX_PRODUCTS = 1000
+
+
+def canonical_event_name(name: str) -> str:
+    """The canonical name of an event: GA4 and snake_case spellings become Segment's."""
+    return _ALIASES.get(_snake(name), name)
+
+
+def _number(value: Any, field: str) -> float | int:
+    if isinstance(value, bool):
+        raise FieldError(field, "must be a number, not a boolean")
+    if isinstance(value, int | float):
+        number: float | int = value
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise FieldError(field, f"must be a number, got {value[:40]!r}") from None
+        if number.is_integer() and "." not in value and "e" not in value.lower():
+            number = int(number)
+    else:
+        raise FieldError(field, f"must be a number, got {type(value).__name__}")
+    if isinstance(number, float) and not math.isfinite(number):
+        raise FieldError(field, "must be a finite number")
+    return number
+
+
+def _normalize_product(raw: Any, path: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise FieldError(path, "must be an object")
+    product: dict[str, Any] = {}
+    categories: list[str] = []
+    for key, value in raw.items():
+        if key.startswith("item_category") and key[13:].isdigit():
+            if value not in (None, ""):
+                categories.append(str(value))
+            continue
+        target = _PRODUCT_FIELD_ALIASES.get(key, key)
+        if target in product and target != key:
+            continue  # the Segment spelling, when both are given, wins
+        product[target] = value
+    if categories:
+        top = product.get("category")
+        product["category"] = "/".join(([str(top)] if top not in (None, "") else []) + categories)
+    for field in ("product_id", "sku"):
+        value = product.get(field)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise FieldError(f"{path}.{field}", "must be a string or a number")
+        product[field] = str(value)
+        if len(product[field]) > 255:
+            raise FieldError(f"{path}.{field}", "must be at most 255 characters")
+    for field in NUMERIC_PRODUCT_FIELDS:
+        if product.get(field) is not None:
+            product[field] = _number(product[field], f"{path}.{field}")
+    return product
+
+
+def normalize_properties(event: str, properties: dict[str, Any], path: str) -> dict[str, Any]:
+    """Product and order fields in Segment's shape; ``path`` prefixes error field names.
+
+    Only e-commerce events are touched; a custom event's properties are kept as sent.
+    """
+    if event not in _ECOMMERCE:
+        return properties
+    props: dict[str, Any] = {}
+    for key, value in properties.items():
+        target = _ORDER_FIELD_ALIASES.get(key, key)
+        if target in props and target != key:
+            continue
+        props[target] = value
+    for field in NUMERIC_ORDER_FIELDS:
+        if props.get(field) is not None:
+            props[field] = _number(props[field], f"{path}.{field}")
+    if props.get("value") is not None:  # GA4's order value
+        props.setdefault("total", props["value"])
+        props.setdefault("revenue", props["value"])
+    if props.get("order_id") is not None:
+        if isinstance(props["order_id"], dict | list | bool):
+            raise FieldError(f"{path}.order_id", "must be a string or a number")
+        props["order_id"] = str(props["order_id"])
+    products = props.get("products")
+    if products is not None:
+        if not isinstance(products, list):
+            raise FieldError(f"{path}.products", "must be an array of objects")
+        if len(products) > MAX_PRODUCTS:
+            raise FieldError(f"{path}.products", f"at most {MAX_PRODUCTS} products per event")
+        props["products"] = [
+            _normalize_product(p, f"{path}.products[{i}]") for i, p in enumerate(products)
+        ]
+    if event in SINGLE_PRODUCT_EVENTS:
+        top = _normalize_product(
+            {k: v for k, v in props.items() if k != "products"}, path
+        )
+        lifted = props.get("products") or []
+        if top.get("product_id") is None and top.get("sku") is None and len(lifted) == 1:
+            # GA4 sends a single product as items[0]; Segment wants it at the top.
+            top = {**lifted[0], **{k: v for k, v in top.items() if v is not None}}
+        if lifted:
+            top["products"] = lifted
+        props = top
+    return props
+
+
+_ECOMMERCE = frozenset(SEGMENT_ECOMMERCE_EVENTS)

@@ -1,0 +1,214 @@
+"""From one decoded JSON item to a :class:`PreparedEvent`: validation, names, products,
+timestamps, consent statements and PII hashing. Pure: no I/O, no clock (``received_at`` is
+passed in), so it is tested directly and runs on the request thread.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from sartor.collect.errors import FieldError
+from sartor.collect.messages import Message, find_nul, validate_message
+from sartor.collect.normalize import canonical_event_name, normalize_properties
+from sartor.privacy.consent import consent_statements, event_category
+from sartor.privacy.pii import hash_pii_traits
+from sartor.workspace import WorkspaceSettings
+
+MAX_EVENT_BYTES = 32 * 1024
+MAX_BATCH_BYTES = 500 * 1024
+MAX_BATCH_ITEMS = 2_500
+
+_PAYLOAD_FIELDS = ("properties", "traits", "context", "integrations")
+
+
+@dataclass(slots=True)
+class PreparedEvent:
+    """A valid message, normalized, waiting for identity, consent and storage."""
+
+    index: int
+    message_id: str
+    type: str
+    event: str | None
+    category: str
+    user_id: str | None
+    anonymous_id: str | None
+    timestamp: int
+    received_at: int
+    payload: dict[str, Any]
+    previous_id: str | None = None
+    consent: dict[str, bool] | None = None
+    consent_source: str = ""
+    generated_message_id: bool = False
+    ignored_ids: list[str] = field(default_factory=list)
+
+    @property
+    def ids(self) -> list[str]:
+        return [i for i in (self.user_id, self.anonymous_id, self.previous_id) if i]
+
+
+def merge_context(batch_context: dict[str, Any] | None, item: dict[str, Any] | None) -> Any:
+    """A batch's top-level context under an item's own (the item wins, key by key, deep)."""
+    if not batch_context:
+        return item
+    if not item:
+        return batch_context
+    out = dict(batch_context)
+    for key, value in item.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_context(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def resolve_timestamp(msg: Message, sent_at: int | None, received_at: int) -> int:
+    """Segment's rule: an explicit ``timestamp`` is kept; otherwise, with a client clock
+    (``originalTimestamp`` and ``sentAt``), ``receivedAt - (sentAt - originalTimestamp)``
+    corrects the client's skew; otherwise the time it arrived."""
+    if msg.timestamp is not None:
+        return msg.timestamp
+    sent = msg.sentAt if msg.sentAt is not None else sent_at
+    if msg.originalTimestamp is not None and sent is not None:
+        return received_at - (sent - msg.originalTimestamp)
+    if msg.originalTimestamp is not None:
+        return msg.originalTimestamp
+    return received_at
+
+
+def _clean_id(value: str | None, junk: frozenset[str]) -> str | None:
+    if value is None:
+        return None
+    stripped = value.strip()
+    if not stripped or stripped.lower() in junk:
+        return None
+    return value
+
+
+def prepare(
+    raw: Any,
+    *,
+    index: int,
+    prefix: str,
+    settings: WorkspaceSettings,
+    pii_key: bytes,
+    received_at: int,
+    implied_type: str | None = None,
+    batch_context: dict[str, Any] | None = None,
+    batch_integrations: dict[str, Any] | None = None,
+    batch_sent_at: int | None = None,
+) -> PreparedEvent:
+    """Validate and normalize one item; raises :class:`FieldError` naming the bad field."""
+    if isinstance(raw, dict) and len(orjson.dumps(raw)) > MAX_EVENT_BYTES:
+        raise FieldError(prefix or "body", f"event is larger than {MAX_EVENT_BYTES} bytes", status=413)
+    msg = validate_message(raw, prefix)
+    p = f"{prefix}." if prefix else ""
+    nul = find_nul(raw, prefix)
+    if nul:
+        raise FieldError(nul, "must not contain the NUL character (\\u0000)")
+    msg_type = implied_type or msg.type
+    if msg_type is None:
+        raise FieldError(f"{p}type", "is required in a batch (track, identify, page, ...)")
+    if implied_type and msg.type and msg.type != implied_type:
+        raise FieldError(f"{p}type", f"is {msg.type!r} but this endpoint takes {implied_type!r}")
+
+    junk = settings.junk_id_set
+    ignored = []
+    user_id = _clean_id(msg.userId, junk)
+    anonymous_id = _clean_id(msg.anonymousId, junk)
+    if msg.userId is not None and user_id is None:
+        ignored.append("userId")
+    if msg.anonymousId is not None and anonymous_id is None:
+        ignored.append("anonymousId")
+    previous_id = None
+    if msg_type == "alias":
+        previous_id = _clean_id(msg.previousId, junk)
+        if previous_id is None:
+            raise FieldError(f"{p}previousId", "is required for alias and must be a real id")
+        if user_id is None:
+            raise FieldError(f"{p}userId", "is required for alias and must be a real id")
+    if user_id is None and anonymous_id is None:
+        what = " (placeholder ids such as 'null' or '0' are refused)" if ignored else ""
+        raise FieldError(f"{p}userId", f"userId or anonymousId is required{what}")
+
+    event: str | None = None
+    if msg_type == "track":
+        if not msg.event or not msg.event.strip():
+            raise FieldError(f"{p}event", "is required for track")
+        event = canonical_event_name(msg.event)
+    elif msg_type in ("page", "screen"):
+        event = msg.name
+    if msg_type == "group" and not msg.groupId:
+        raise FieldError(f"{p}groupId", "is required for group")
+
+    payload: dict[str, Any] = {}
+    if msg.model_extra:
+        payload.update((k, v) for k, v in msg.model_extra.items() if k not in ("receivedAt",))
+    context = merge_context(batch_context, msg.context)
+    integrations = merge_context(batch_integrations, msg.integrations)
+    properties = msg.properties
+    if msg_type == "track" and properties and event:
+        properties = normalize_properties(event, properties, f"{p}properties")
+    traits = msg.traits
+    if traits and settings.pii_policy != "keep":
+        traits = hash_pii_traits(traits, settings.pii_traits, settings.pii_policy, pii_key)
+    if isinstance(context, dict) and isinstance(context.get("traits"), dict):
+        if settings.pii_policy != "keep":
+            context = {
+                **context,
+                "traits": hash_pii_traits(
+                    context["traits"], settings.pii_traits, settings.pii_policy, pii_key
+                ),
+            }
+    for name, value in zip(_PAYLOAD_FIELDS, (properties, traits, context, integrations), strict=True):
+        if value is not None:
+            payload[name] = value
+    if msg_type == "track" and event != msg.event:
+        payload["originalEvent"] = msg.event
+    if msg.category is not None:
+        payload["category"] = msg.category
+    if msg.groupId is not None:
+        payload["groupId"] = msg.groupId
+    if previous_id is not None:
+        payload["previousId"] = previous_id
+    if msg.originalTimestamp is not None:
+        payload["originalTimestamp"] = msg.originalTimestamp
+    sent_at = msg.sentAt if msg.sentAt is not None else batch_sent_at
+    if sent_at is not None:
+        payload["sentAt"] = sent_at
+    if ignored:
+        payload["ignoredIds"] = {f: getattr(msg, f) for f in ignored}
+
+    statements = consent_statements(
+        context if isinstance(context, dict) else None,
+        properties,
+        msg.traits,
+        event,
+        settings.categories,
+    )
+    message_id = msg.messageId
+    generated = message_id is None
+    if message_id is None:
+        message_id = f"sartor-{uuid.uuid4()}"
+    return PreparedEvent(
+        index=index,
+        message_id=message_id,
+        type=msg_type,
+        event=event,
+        category=event_category(
+            msg_type, event, overrides=settings.event_categories, default=settings.default_category
+        ),
+        user_id=user_id,
+        anonymous_id=anonymous_id,
+        timestamp=resolve_timestamp(msg, batch_sent_at, received_at),
+        received_at=received_at,
+        payload=payload,
+        previous_id=previous_id,
+        consent=statements[0] if statements else None,
+        consent_source=statements[1] if statements else "",
+        generated_message_id=generated,
+        ignored_ids=ignored,
+    )

@@ -1,0 +1,74 @@
+"""Settings, read once from the environment (prefix ``SARTOR_``) through :func:`get_settings`."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_SECRET = "sartor-dev-secret-change-me"
+
+
+class Settings(BaseSettings):
+    """Every knob of the engine. Each field maps to ``SARTOR_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="SARTOR_", env_file=None, extra="ignore")
+
+    env: Literal["dev", "test", "production"] = Field(
+        "dev", description="Outside `dev`/`test`, the default secret key is refused."
+    )
+    home: Path = Field(Path(".sartor"), description="Folder for the embedded database and models.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default `sqlite:///$SARTOR_HOME/sartor.db`."
+    )
+    redis_url: str | None = Field(None, description="Redis URL for the bus and hot state at scale.")
+    secret_key: str = Field(
+        DEV_SECRET, description="Key for HMAC hashing of PII traits and erased ids."
+    )
+    host: str = Field("127.0.0.1", description="`sartor serve` bind address.")
+    port: int = Field(8000, description="`sartor serve` port.")
+    log_level: str = Field("INFO", description="Python logging level.")
+    log_json: bool = Field(True, description="Structured JSON logs on stderr.")
+    access_log: bool = Field(False, description="One JSON log line per HTTP request.")
+    rate_limit_events_per_second: float = Field(
+        50_000.0,
+        description="Default per-workspace ingestion rate (events/s); 0 disables. "
+        "A workspace setting overrides it.",
+    )
+    rate_limit_burst_seconds: float = Field(
+        2.0, description="Bucket size of the rate limiter, in seconds of the rate."
+    )
+    sqlite_synchronous: Literal["OFF", "NORMAL", "FULL"] = Field(
+        "FULL",
+        description="SQLite `synchronous` pragma. FULL survives power loss; NORMAL (WAL) "
+        "survives a process crash only.",
+    )
+    group_commit_max_events: int = Field(
+        5_000, description="Most events the writer commits in one transaction."
+    )
+    key_cache_seconds: float = Field(5.0, description="How long a resolved API key is cached.")
+
+    @model_validator(mode="after")
+    def _refuse_default_secret(self) -> Settings:
+        if self.env == "production" and self.secret_key == DEV_SECRET:
+            raise ValueError(
+                "SARTOR_SECRET_KEY must be set to a private value when SARTOR_ENV=production"
+            )
+        if self.env == "production" and len(self.secret_key) < 16:
+            raise ValueError("SARTOR_SECRET_KEY must be at least 16 characters in production")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'sartor.db').as_posix()}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings, read from the environment once."""
+    return Settings()

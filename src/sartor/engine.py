@@ -1,0 +1,403 @@
+"""``sartor.Engine``: the whole engine as a library; the API and the CLI are thin over it.
+
+    >>> engine = Engine.open("sqlite:///shop.db")
+    >>> created = engine.create_workspace("shop")
+    >>> engine.track(created.workspace, "Product Viewed", user_id="u1",
+    ...              properties={"product_id": "sku-1"})
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter as Tally
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine as SAEngine
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from sartor import metrics
+from sartor.collect.errors import FieldError, PayloadError, RateLimited
+from sartor.collect.ingest import Outcome
+from sartor.collect.messages import MESSAGE_TYPES, parse_timestamp
+from sartor.collect.prepare import MAX_BATCH_ITEMS, PreparedEvent, prepare
+from sartor.collect.ratelimit import RateLimiter
+from sartor.collect.writer import GroupCommitWriter
+from sartor.config import Settings, get_settings
+from sartor.privacy import erasure
+from sartor.privacy.pii import derive_key
+from sartor.storage import db
+from sartor.storage import workspaces as ws_store
+from sartor.storage.tables import events as events_table
+from sartor.workspace import Workspace, WorkspaceSettings
+
+WorkspaceRef = Workspace | str
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Conflict(ValueError):
+    pass
+
+
+@dataclass
+class CreatedWorkspace:
+    workspace: Workspace
+    keys: dict[str, str]
+
+
+@dataclass
+class IngestResult:
+    """The answer to one ingestion call, item by item."""
+
+    received: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    items: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> int:
+        return self.stored + self.duplicates + sum(self.dropped.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "success": not self.errors,
+            "received": self.received,
+            "stored": self.stored,
+            "duplicates": self.duplicates,
+            "dropped": self.dropped,
+            "errors": self.errors,
+            "items": self.items,
+        }
+
+
+class Engine:
+    """One Sartor engine over one database. Thread-safe; open once per process."""
+
+    def __init__(self, db_engine: SAEngine, settings: Settings) -> None:
+        self.db = db_engine
+        self.settings = settings
+        self.writer = GroupCommitWriter(
+            db_engine, settings.secret_key, max_events=settings.group_commit_max_events
+        )
+        self.limiter = RateLimiter(settings.rate_limit_burst_seconds)
+        self._keys: dict[str, tuple[float, str, str] | tuple[float, None, None]] = {}
+        self._workspaces: dict[str, tuple[float, Workspace]] = {}
+        self._pii_keys: dict[str, bytes] = {}
+
+    @classmethod
+    def open(
+        cls, url: str | None = None, *, settings: Settings | None = None, migrate: bool = True
+    ) -> Engine:
+        """Open (and by default migrate) the database at ``url``; the default is the
+        embedded SQLite file in ``SARTOR_HOME``."""
+        settings = settings or get_settings()
+        url = url or settings.resolved_database_url
+        engine = db.make_engine(url, sqlite_synchronous=settings.sqlite_synchronous)
+        if migrate:
+            db.migrate(engine)
+        return cls(engine, settings)
+
+    def close(self) -> None:
+        self.writer.close()
+        self.db.dispose()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- workspaces and keys -------------------------------------------------------------
+
+    def create_workspace(
+        self,
+        name: str,
+        consent_mode: str | None = None,
+        settings: WorkspaceSettings | dict[str, Any] | None = None,
+    ) -> CreatedWorkspace:
+        """A new workspace with a write, a read and an admin key (shown only here)."""
+        name = name.strip()
+        if not name or len(name) > 200:
+            raise ValueError("a workspace name is 1 to 200 characters")
+        data = settings.model_dump() if isinstance(settings, WorkspaceSettings) else dict(settings or {})
+        if consent_mode is not None:
+            data["consent_mode"] = consent_mode
+        ws_settings = WorkspaceSettings.model_validate(data)
+        try:
+            with db.write_tx(self.db) as conn:
+                ws, keys = ws_store.create_workspace(conn, name, ws_settings)
+        except IntegrityError:
+            raise Conflict(f"a workspace named {name!r} already exists") from None
+        return CreatedWorkspace(ws, keys)
+
+    def workspace(self, ref: WorkspaceRef) -> Workspace:
+        if isinstance(ref, Workspace):
+            return ref
+        cached = self._workspaces.get(ref)
+        if cached and cached[0] > time.monotonic():
+            return cached[1]
+        with self.db.connect() as conn:
+            ws = ws_store.get_workspace(conn, ref)
+        if ws is None:
+            raise NotFound(f"no workspace {ref!r}")
+        self._workspaces[ref] = (time.monotonic() + self.settings.key_cache_seconds, ws)
+        return ws
+
+    def workspaces(self) -> list[Workspace]:
+        with self.db.connect() as conn:
+            return ws_store.list_workspaces(conn)
+
+    def update_workspace_settings(self, ref: WorkspaceRef, changes: dict[str, Any]) -> Workspace:
+        ws = self.workspace(ref)
+        merged = {**ws.settings.model_dump(), **changes}
+        new_settings = WorkspaceSettings.model_validate(merged)
+        with db.write_tx(self.db) as conn:
+            ws_store.update_settings(conn, ws.id, new_settings)
+        self._workspaces.clear()
+        return Workspace(ws.id, ws.name, new_settings, ws.created_at)
+
+    def authenticate(self, key: str) -> tuple[Workspace, str] | None:
+        """The workspace and kind (write, read, admin) of an API key; None if unknown."""
+        now = time.monotonic()
+        cached = self._keys.get(key)
+        if cached is None or cached[0] <= now:
+            with self.db.connect() as conn:
+                found = ws_store.resolve_key(conn, key)
+            expires = now + self.settings.key_cache_seconds
+            cached = (expires, *found) if found else (expires, None, None)
+            if len(self._keys) > 10_000:
+                self._keys.clear()
+            self._keys[key] = cached
+        _, ws_id, kind = cached
+        if ws_id is None or kind is None:
+            return None
+        return self.workspace(ws_id), kind
+
+    # -- ingestion ------------------------------------------------------------------------
+
+    def _pii_key(self, ws: Workspace) -> bytes:
+        key = self._pii_keys.get(ws.id)
+        if key is None:
+            key = self._pii_keys[ws.id] = derive_key(self.settings.secret_key, ws.id, "pii")
+        return key
+
+    def _rate(self, ws: Workspace) -> float:
+        own = ws.settings.rate_limit_events_per_second
+        return self.settings.rate_limit_events_per_second if own is None else own
+
+    def prepare(
+        self,
+        ref: WorkspaceRef,
+        items: list[Any],
+        *,
+        implied_type: str | None = None,
+        prefix: str = "batch",
+        batch_context: dict[str, Any] | None = None,
+        batch_integrations: dict[str, Any] | None = None,
+        batch_sent_at: int | None = None,
+        received_at: int | None = None,
+    ) -> tuple[Workspace, list[PreparedEvent], list[FieldError]]:
+        """Validate and normalize items (no I/O); bad items come back as errors."""
+        ws = self.workspace(ref)
+        if len(items) > MAX_BATCH_ITEMS:
+            raise PayloadError(
+                413, "batch_too_large",
+                [FieldError(prefix, f"at most {MAX_BATCH_ITEMS} events per batch", status=413)],
+            )
+        wait = self.limiter.take(ws.id, len(items), self._rate(ws))
+        if wait > 0:
+            metrics.REQUESTS_RATE_LIMITED.inc()
+            raise RateLimited(wait)
+        received = received_at if received_at is not None else time.time_ns() // 1_000_000
+        pii_key = self._pii_key(ws)
+        prepared: list[PreparedEvent] = []
+        errors: list[FieldError] = []
+        for i, raw in enumerate(items):
+            try:
+                prepared.append(
+                    prepare(
+                        raw,
+                        index=i,
+                        prefix=f"{prefix}[{i}]" if implied_type is None else "",
+                        settings=ws.settings,
+                        pii_key=pii_key,
+                        received_at=received,
+                        implied_type=implied_type,
+                        batch_context=batch_context,
+                        batch_integrations=batch_integrations,
+                        batch_sent_at=batch_sent_at,
+                    )
+                )
+            except FieldError as exc:
+                errors.append(exc)
+        return ws, prepared, errors
+
+    def _result(
+        self, n: int, errors: list[FieldError], outcomes: list[Outcome], prepared: list[PreparedEvent]
+    ) -> IngestResult:
+        result = IngestResult(received=n)
+        by_index: dict[int, dict[str, Any]] = {}
+        for exc in errors:
+            index = _index_of(exc.field)
+            result.errors.append({"index": index, **exc.as_dict()})
+            by_index[index if index is not None else -1] = {
+                "index": index, "status": "error", "field": exc.field, "message": exc.message,
+            }
+            metrics.EVENTS_REJECTED.labels(str(exc.status)).inc()
+        dropped: Tally[str] = Tally()
+        types = {p.index: p.type for p in prepared}
+        for o in outcomes:
+            item: dict[str, Any] = {"index": o.index, "messageId": o.message_id, "status": o.status}
+            if o.status == "stored":
+                result.stored += 1
+                metrics.EVENTS_ACCEPTED.labels(types[o.index]).inc()
+            elif o.status == "duplicate":
+                result.duplicates += 1
+                metrics.EVENTS_DUPLICATE.inc()
+            elif o.status == "dropped":
+                item["reason"] = o.reason
+                dropped[o.reason or "unknown"] += 1
+                metrics.EVENTS_DROPPED.labels(o.reason or "unknown").inc()
+            else:
+                item.update(field=o.field, message=o.reason)
+                result.errors.append({"index": o.index, "field": o.field, "message": o.reason})
+                metrics.EVENTS_REJECTED.labels("400").inc()
+            by_index[o.index] = item
+        result.dropped = dict(dropped)
+        result.items = [by_index[i] for i in sorted(by_index)]
+        return result
+
+    def ingest(self, ref: WorkspaceRef, items: list[Any], **kwargs: Any) -> IngestResult:
+        """Validate, then store and wait for the commit. See :meth:`prepare` for kwargs."""
+        ws, prepared, errors = self.prepare(ref, items, **kwargs)
+        outcomes = self.writer.submit(ws, prepared).result() if prepared else []
+        return self._result(len(items), errors, outcomes, prepared)
+
+    async def ingest_async(self, ref: WorkspaceRef, items: list[Any], **kwargs: Any) -> IngestResult:
+        ws, prepared, errors = self.prepare(ref, items, **kwargs)
+        outcomes: list[Outcome] = []
+        if prepared:
+            outcomes = await asyncio.wrap_future(self.writer.submit(ws, prepared))
+        return self._result(len(items), errors, outcomes, prepared)
+
+    @staticmethod
+    def batch_args(body: Any) -> tuple[list[Any], dict[str, Any]]:
+        """Split a ``/v1/batch`` body into its items and the batch-level fields."""
+        if not isinstance(body, dict):
+            raise PayloadError(400, "invalid_payload", [FieldError("body", "must be a JSON object")])
+        items = body.get("batch")
+        if not isinstance(items, list):
+            raise PayloadError(
+                400, "invalid_payload", [FieldError("batch", "is required and must be an array")]
+            )
+        kwargs: dict[str, Any] = {}
+        for name in ("context", "integrations"):
+            value = body.get(name)
+            if value is not None and not isinstance(value, dict):
+                raise PayloadError(400, "invalid_payload", [FieldError(name, "must be an object")])
+            kwargs[f"batch_{name}"] = value
+        try:
+            kwargs["batch_sent_at"] = parse_timestamp(body.get("sentAt"))
+        except ValueError as exc:
+            raise PayloadError(400, "invalid_payload", [FieldError("sentAt", str(exc))]) from None
+        return items, kwargs
+
+    def batch(self, ref: WorkspaceRef, body: dict[str, Any]) -> IngestResult:
+        """Store a Segment ``/v1/batch`` body."""
+        items, kwargs = self.batch_args(body)
+        return self.ingest(ref, items, **kwargs)
+
+    def send(self, ref: WorkspaceRef, msg_type: str, message: dict[str, Any]) -> IngestResult:
+        """Store one message of ``msg_type`` (track, identify, page, screen, group, alias)."""
+        if msg_type not in MESSAGE_TYPES:
+            raise ValueError(f"type must be one of {MESSAGE_TYPES}")
+        return self.ingest(ref, [message], implied_type=msg_type)
+
+    def track(self, ref: WorkspaceRef, event: str, **fields: Any) -> IngestResult:
+        return self.send(ref, "track", {"event": event, **_camel(fields)})
+
+    def identify(self, ref: WorkspaceRef, **fields: Any) -> IngestResult:
+        return self.send(ref, "identify", _camel(fields))
+
+    def page(self, ref: WorkspaceRef, **fields: Any) -> IngestResult:
+        return self.send(ref, "page", _camel(fields))
+
+    def screen(self, ref: WorkspaceRef, **fields: Any) -> IngestResult:
+        return self.send(ref, "screen", _camel(fields))
+
+    def group(self, ref: WorkspaceRef, **fields: Any) -> IngestResult:
+        return self.send(ref, "group", _camel(fields))
+
+    def alias(self, ref: WorkspaceRef, **fields: Any) -> IngestResult:
+        return self.send(ref, "alias", _camel(fields))
+
+    # -- reading, erasure, export ------------------------------------------------------------
+
+    def events(
+        self,
+        ref: WorkspaceRef,
+        *,
+        after: int = 0,
+        limit: int = 100,
+        user: str | None = None,
+        newest: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Stored events in log order (``seq``), after a cursor; ``newest`` takes the last."""
+        ws = self.workspace(ref)
+        limit = max(1, min(limit, 1000))
+        t = events_table
+        with self.db.connect() as conn:
+            query = select(t).where(t.c.workspace_id == ws.id, t.c.seq > after)
+            if user is not None:
+                pids = erasure.find_profiles(conn, ws.id, user)
+                query = query.where(t.c.profile_id.in_(pids or [""]))
+            order = t.c.seq.desc() if newest else t.c.seq
+            rows = conn.execute(query.order_by(order).limit(limit)).all()
+        if newest:
+            rows.reverse()
+        return [erasure.event_document(r) for r in rows]
+
+    def erase_user(self, ref: WorkspaceRef, any_id: str) -> dict[str, int]:
+        """Remove everything held about a person and suppress their later events."""
+        ws = self.workspace(ref)
+        with db.write_tx(self.db) as conn:
+            return erasure.erase_user(conn, ws.id, any_id, self.settings.secret_key)
+
+    def export_user(self, ref: WorkspaceRef, any_id: str) -> dict[str, Any]:
+        ws = self.workspace(ref)
+        with self.db.connect() as conn:
+            doc = erasure.export_user(conn, ws.id, any_id)
+        if doc is None:
+            raise NotFound(f"nothing is held about {any_id!r}")
+        return doc
+
+
+def _index_of(path: str) -> int | None:
+    if path.startswith("batch[") and "]" in path:
+        try:
+            return int(path[6 : path.index("]")])
+        except ValueError:
+            return None
+    return 0 if not path.startswith("batch") else None
+
+
+_CAMEL = {
+    "user_id": "userId",
+    "anonymous_id": "anonymousId",
+    "message_id": "messageId",
+    "group_id": "groupId",
+    "previous_id": "previousId",
+    "original_timestamp": "originalTimestamp",
+    "sent_at": "sentAt",
+}
+
+
+def _camel(fields: dict[str, Any]) -> dict[str, Any]:
+    return {_CAMEL.get(k, k): v for k, v in fields.items()}

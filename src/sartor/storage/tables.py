@@ -1,0 +1,114 @@
+"""The schema: SQLAlchemy Core tables, one definition for SQLite and PostgreSQL.
+
+Times are integer epoch milliseconds (UTC) so both dialects store and compare them the same
+way and the hot insert path does no datetime formatting. Documents are JSON on SQLite and
+JSONB on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+Document = JSON().with_variant(JSONB(), "postgresql")
+# SQLite only gives AUTOINCREMENT-style rowids to a column declared exactly INTEGER.
+SeqInt = BigInteger().with_variant(Integer(), "sqlite")
+
+workspaces = Table(
+    "workspaces",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("consent_mode", String(16), nullable=False),
+    Column("settings", Document, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("workspace_id", String(40), ForeignKey("workspaces.id"), nullable=False),
+    Column("kind", String(8), nullable=False),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(16), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("revoked_at", BigInteger, nullable=True),
+    Index(None, "workspace_id"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("seq", SeqInt, primary_key=True, autoincrement=True),
+    Column("workspace_id", String(40), nullable=False),
+    Column("message_id", String(100), nullable=False),
+    Column("type", String(16), nullable=False),
+    Column("event", String(200), nullable=True),
+    Column("category", String(64), nullable=False),
+    Column("user_id", String(255), nullable=True),
+    Column("anonymous_id", String(255), nullable=True),
+    Column("profile_id", String(40), nullable=False),
+    Column("timestamp", BigInteger, nullable=False),
+    Column("received_at", BigInteger, nullable=False),
+    Column("payload", Document, nullable=False),
+    UniqueConstraint("workspace_id", "message_id"),
+    Index(None, "workspace_id", "profile_id"),
+)
+
+identities = Table(
+    "identities",
+    metadata,
+    Column("workspace_id", String(40), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("value", String(255), nullable=False),
+    Column("profile_id", String(40), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    PrimaryKeyConstraint("workspace_id", "kind", "value"),
+    Index(None, "workspace_id", "profile_id"),
+)
+
+profiles = Table(
+    "profiles",
+    metadata,
+    Column("workspace_id", String(40), nullable=False),
+    Column("profile_id", String(40), nullable=False),
+    Column("consent", Document, nullable=False),
+    Column("traits", Document, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("version", Integer, nullable=False),
+    PrimaryKeyConstraint("workspace_id", "profile_id"),
+)
+
+suppressions = Table(
+    "suppressions",
+    metadata,
+    Column("workspace_id", String(40), nullable=False),
+    Column("id_hash", String(64), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    PrimaryKeyConstraint("workspace_id", "id_hash"),
+)
