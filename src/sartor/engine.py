@@ -1,9 +1,9 @@
 """``sartor.Engine``: the whole engine as a library; the API and the CLI are thin over it.
 
-    >>> engine = Engine.open("sqlite:///shop.db")
-    >>> created = engine.create_workspace("shop")
-    >>> engine.track(created.workspace, "Product Viewed", user_id="u1",
-    ...              properties={"product_id": "sku-1"})
+>>> engine = Engine.open("sqlite:///shop.db")
+>>> created = engine.create_workspace("shop")
+>>> engine.track(created.workspace, "Product Viewed", user_id="u1",
+...              properties={"product_id": "sku-1"})
 """
 
 from __future__ import annotations
@@ -126,7 +126,11 @@ class Engine:
         name = name.strip()
         if not name or len(name) > 200:
             raise ValueError("a workspace name is 1 to 200 characters")
-        data = settings.model_dump() if isinstance(settings, WorkspaceSettings) else dict(settings or {})
+        data = (
+            settings.model_dump()
+            if isinstance(settings, WorkspaceSettings)
+            else dict(settings or {})
+        )
         if consent_mode is not None:
             data["consent_mode"] = consent_mode
         ws_settings = WorkspaceSettings.model_validate(data)
@@ -136,6 +140,12 @@ class Engine:
         except IntegrityError:
             raise Conflict(f"a workspace named {name!r} already exists") from None
         return CreatedWorkspace(ws, keys)
+
+    def create_key(self, ref: WorkspaceRef, kind: str) -> str:
+        """A new key of ``kind`` (write, read, admin) for the workspace, shown only here."""
+        ws = self.workspace(ref)
+        with db.write_tx(self.db) as conn:
+            return ws_store.add_key(conn, ws.id, kind)
 
     def workspace(self, ref: WorkspaceRef) -> Workspace:
         if isinstance(ref, Workspace):
@@ -208,7 +218,8 @@ class Engine:
         ws = self.workspace(ref)
         if len(items) > MAX_BATCH_ITEMS:
             raise PayloadError(
-                413, "batch_too_large",
+                413,
+                "batch_too_large",
                 [FieldError(prefix, f"at most {MAX_BATCH_ITEMS} events per batch", status=413)],
             )
         wait = self.limiter.take(ws.id, len(items), self._rate(ws))
@@ -240,7 +251,11 @@ class Engine:
         return ws, prepared, errors
 
     def _result(
-        self, n: int, errors: list[FieldError], outcomes: list[Outcome], prepared: list[PreparedEvent]
+        self,
+        n: int,
+        errors: list[FieldError],
+        outcomes: list[Outcome],
+        prepared: list[PreparedEvent],
     ) -> IngestResult:
         result = IngestResult(received=n)
         by_index: dict[int, dict[str, Any]] = {}
@@ -248,7 +263,10 @@ class Engine:
             index = _index_of(exc.field)
             result.errors.append({"index": index, **exc.as_dict()})
             by_index[index if index is not None else -1] = {
-                "index": index, "status": "error", "field": exc.field, "message": exc.message,
+                "index": index,
+                "status": "error",
+                "field": exc.field,
+                "message": exc.message,
             }
             metrics.EVENTS_REJECTED.labels(str(exc.status)).inc()
         dropped: Tally[str] = Tally()
@@ -280,7 +298,9 @@ class Engine:
         outcomes = self.writer.submit(ws, prepared).result() if prepared else []
         return self._result(len(items), errors, outcomes, prepared)
 
-    async def ingest_async(self, ref: WorkspaceRef, items: list[Any], **kwargs: Any) -> IngestResult:
+    async def ingest_async(
+        self, ref: WorkspaceRef, items: list[Any], **kwargs: Any
+    ) -> IngestResult:
         ws, prepared, errors = self.prepare(ref, items, **kwargs)
         outcomes: list[Outcome] = []
         if prepared:
@@ -291,7 +311,9 @@ class Engine:
     def batch_args(body: Any) -> tuple[list[Any], dict[str, Any]]:
         """Split a ``/v1/batch`` body into its items and the batch-level fields."""
         if not isinstance(body, dict):
-            raise PayloadError(400, "invalid_payload", [FieldError("body", "must be a JSON object")])
+            raise PayloadError(
+                400, "invalid_payload", [FieldError("body", "must be a JSON object")]
+            )
         items = body.get("batch")
         if not isinstance(items, list):
             raise PayloadError(
@@ -359,7 +381,7 @@ class Engine:
                 pids = erasure.find_profiles(conn, ws.id, user)
                 query = query.where(t.c.profile_id.in_(pids or [""]))
             order = t.c.seq.desc() if newest else t.c.seq
-            rows = conn.execute(query.order_by(order).limit(limit)).all()
+            rows = list(conn.execute(query.order_by(order).limit(limit)))
         if newest:
             rows.reverse()
         return [erasure.event_document(r) for r in rows]

@@ -16,9 +16,7 @@ EVENTS_REJECTED = Counter(
 EVENTS_DROPPED = Counter(
     "sartor_events_dropped_total", "Valid events not stored, by reason.", ["reason"]
 )
-REQUESTS_RATE_LIMITED = Counter(
-    "sartor_requests_rate_limited_total", "Requests refused with 429."
-)
+REQUESTS_RATE_LIMITED = Counter("sartor_requests_rate_limited_total", "Requests refused with 429.")
 HTTP_LATENCY = Histogram(
     "sartor_http_request_duration_seconds",
     "HTTP request latency.",

@@ -170,8 +170,13 @@ def _apply(ids: _Identities, actions: list[tuple[Any, ...]]) -> None:
 
 def _load(conn: Connection, ws: str, evs: list[PreparedEvent]) -> _Identities:
     ids = _Identities(ws)
-    users = sorted({e.user_id for e in evs if e.user_id} | {e.previous_id for e in evs if e.previous_id})
-    anons = sorted({e.anonymous_id for e in evs if e.anonymous_id} | {e.previous_id for e in evs if e.previous_id})
+    users = sorted(
+        {e.user_id for e in evs if e.user_id} | {e.previous_id for e in evs if e.previous_id}
+    )
+    anons = sorted(
+        {e.anonymous_id for e in evs if e.anonymous_id}
+        | {e.previous_id for e in evs if e.previous_id}
+    )
     for kind, values in ((USER, users), (ANON, anons)):
         for part in chunks(values):
             rows = conn.execute(
@@ -310,7 +315,9 @@ def _write(
             .values(profile_id=dst)
         )
         conn.execute(
-            delete(profiles).where(and_(profiles.c.workspace_id == ws, profiles.c.profile_id == src))
+            delete(profiles).where(
+                and_(profiles.c.workspace_id == ws, profiles.c.profile_id == src)
+            )
         )
         ids.existing_profiles.discard(src)
         ids.new_profiles.discard(src)
@@ -318,7 +325,13 @@ def _write(
         conn,
         insert_ignore(conn, identities),
         [
-            {"workspace_id": ws, "kind": k, "value": v, "profile_id": ids.resolve(p), "created_at": now}
+            {
+                "workspace_id": ws,
+                "kind": k,
+                "value": v,
+                "profile_id": ids.resolve(p),
+                "created_at": now,
+            }
             for (k, v), p in ids.new_links.items()
         ],
     )

@@ -150,10 +150,11 @@ def _normalize_product(raw: Any, path: str) -> dict[str, Any]:
         target = _PRODUCT_FIELD_ALIASES.get(key, key)
         if target in product and target != key:
             continue  # the Segment spelling, when both are given, wins
-        product[target] = value
+        product[str(target)] = value
     if categories:
         top = product.get("category")
         product["category"] = "/".join(([str(top)] if top not in (None, "") else []) + categories)
+    field: str
     for field in ("product_id", "sku"):
         value = product.get(field)
         if value is None:
@@ -202,9 +203,7 @@ def normalize_properties(event: str, properties: dict[str, Any], path: str) -> d
             _normalize_product(p, f"{path}.products[{i}]") for i, p in enumerate(products)
         ]
     if event in SINGLE_PRODUCT_EVENTS:
-        top = _normalize_product(
-            {k: v for k, v in props.items() if k != "products"}, path
-        )
+        top = _normalize_product({k: v for k, v in props.items() if k != "products"}, path)
         lifted = props.get("products") or []
         if top.get("product_id") is None and top.get("sku") is None and len(lifted) == 1:
             # GA4 sends a single product as items[0]; Segment wants it at the top.

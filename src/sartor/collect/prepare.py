@@ -103,7 +103,9 @@ def prepare(
 ) -> PreparedEvent:
     """Validate and normalize one item; raises :class:`FieldError` naming the bad field."""
     if isinstance(raw, dict) and len(orjson.dumps(raw)) > MAX_EVENT_BYTES:
-        raise FieldError(prefix or "body", f"event is larger than {MAX_EVENT_BYTES} bytes", status=413)
+        raise FieldError(
+            prefix or "body", f"event is larger than {MAX_EVENT_BYTES} bytes", status=413
+        )
     msg = validate_message(raw, prefix)
     p = f"{prefix}." if prefix else ""
     nul = find_nul(raw, prefix)
@@ -163,7 +165,9 @@ def prepare(
                     context["traits"], settings.pii_traits, settings.pii_policy, pii_key
                 ),
             }
-    for name, value in zip(_PAYLOAD_FIELDS, (properties, traits, context, integrations), strict=True):
+    for name, value in zip(
+        _PAYLOAD_FIELDS, (properties, traits, context, integrations), strict=True
+    ):
         if value is not None:
             payload[name] = value
     if msg_type == "track" and event != msg.event:

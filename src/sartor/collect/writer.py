@@ -14,6 +14,7 @@ import queue
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+
 from sqlalchemy import Engine
 
 from sartor.collect.ingest import Outcome, store_events
@@ -116,4 +117,3 @@ class GroupCommitWriter:
                     outcomes[(ws_id, j)] = results[pos : pos + len(job.events)]
                     pos += len(job.events)
         return [outcomes[(job.workspace.id, j)] for j, job in enumerate(jobs)]
-

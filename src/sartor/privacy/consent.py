@@ -11,7 +11,14 @@ from typing import Any, Literal
 ConsentMode = Literal["opt_in", "opt_out"]
 CONSENT_MODES = ("opt_in", "opt_out")
 NECESSARY = "necessary"
-DEFAULT_CATEGORIES = ("necessary", "analytics", "personalization", "marketing", "location", "social")
+DEFAULT_CATEGORIES = (
+    "necessary",
+    "analytics",
+    "personalization",
+    "marketing",
+    "location",
+    "social",
+)
 
 CONSENT_EVENTS = frozenset(
     {"Segment Consent Preference Updated", "Consent Preference Updated", "Consent Updated"}

@@ -124,7 +124,7 @@ def export_user(conn: Connection, workspace_id: str, any_id: str) -> dict[str, A
     pids = find_profiles(conn, workspace_id, any_id)
     links = _ids_of(conn, workspace_id, pids)
     values = sorted({v for _, v in links} | {any_id})
-    profile_rows = []
+    profile_rows: list[Any] = []
     for part in chunks(pids):
         profile_rows.extend(
             conn.execute(

@@ -1,0 +1,242 @@
+"""The ``sartor`` command. Each command is a few lines over :class:`sartor.Engine`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sartor.config import Settings, get_settings
+from sartor.engine import Conflict, Engine, NotFound
+
+app = typer.Typer(help="Sartor: a self-hosted personalization engine.", no_args_is_help=True)
+workspace_app = typer.Typer(help="Create and list workspaces.", no_args_is_help=True)
+events_app = typer.Typer(help="Read the event log.", no_args_is_help=True)
+users_app = typer.Typer(
+    help="Export or erase everything held about a person.", no_args_is_help=True
+)
+app.add_typer(workspace_app, name="workspace")
+app.add_typer(events_app, name="events")
+app.add_typer(users_app, name="user")
+console = Console()
+err = Console(stderr=True)
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    settings: Settings = ctx.obj or get_settings()
+    return settings
+
+
+def _engine(ctx: typer.Context) -> Engine:
+    return Engine.open(settings=_settings(ctx))
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    home: Annotated[Path | None, typer.Option(help="Data folder (SARTOR_HOME).")] = None,
+    database_url: Annotated[
+        str | None, typer.Option(help="Database URL (SARTOR_DATABASE_URL); default SQLite in home.")
+    ] = None,
+) -> None:
+    overrides: dict[str, Any] = {}
+    if home is not None:
+        overrides["home"] = home
+    if database_url is not None:
+        overrides["database_url"] = database_url
+    try:
+        base = get_settings()
+        ctx.obj = base.model_copy(update=overrides) if overrides else base
+    except ValueError as exc:
+        err.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option(help="Bind address (SARTOR_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (SARTOR_PORT).")] = None,
+) -> None:
+    """Run the HTTP API (Segment-compatible collection, reads, erasure, /docs, /metrics)."""
+    import uvicorn
+
+    from sartor.api.app import create_app
+    from sartor.logs import configure_logging
+
+    settings = _settings(ctx)
+    configure_logging(settings.log_level, settings.log_json)
+    engine = Engine.open(settings=settings)
+    application = create_app(engine)
+    try:
+        uvicorn.run(
+            application,
+            host=host or settings.host,
+            port=port or settings.port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=10,
+        )
+    finally:
+        engine.close()
+
+
+@app.command()
+def migrate(ctx: typer.Context) -> None:
+    """Bring the database schema up to date."""
+    from sartor.storage.db import current_revision, make_engine
+    from sartor.storage.db import migrate as run_migrations
+
+    settings = _settings(ctx)
+    db = make_engine(settings.resolved_database_url)
+    before = current_revision(db)
+    run_migrations(db)
+    after = current_revision(db)
+    console.print(f"schema: {before or 'empty'} -> {after} ({db.url.render_as_string()})")
+    db.dispose()
+
+
+@workspace_app.command("create")
+def workspace_create(
+    ctx: typer.Context,
+    name: str,
+    consent_mode: Annotated[str, typer.Option(help="opt_in or opt_out")] = "opt_out",
+) -> None:
+    """Create a workspace and print its write, read and admin keys (shown only once)."""
+    if consent_mode not in ("opt_in", "opt_out"):
+        err.print("[red]--consent-mode must be opt_in or opt_out[/red]")
+        raise typer.Exit(2)
+    with _engine(ctx) as engine:
+        try:
+            created = engine.create_workspace(name, consent_mode=consent_mode)
+        except Conflict as exc:
+            err.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from None
+    table = Table(title=f"workspace {name} ({created.workspace.id}), consent {consent_mode}")
+    table.add_column("kind")
+    table.add_column("key")
+    for kind, key in created.keys.items():
+        table.add_row(kind, key)
+    console.print(table)
+    console.print("Keys are stored hashed: copy them now, they cannot be shown again.")
+
+
+@workspace_app.command("list")
+def workspace_list(ctx: typer.Context) -> None:
+    """List workspaces."""
+    with _engine(ctx) as engine:
+        rows = engine.workspaces()
+    table = Table("id", "name", "consent mode")
+    for ws in rows:
+        table.add_row(ws.id, ws.name, ws.settings.consent_mode)
+    console.print(table)
+
+
+def _print_event(ev: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        typer.echo(orjson.dumps(ev).decode())
+        return
+    who = ev.get("userId") or ev.get("anonymousId")
+    name = ev.get("event") or ev.get("name") or ""
+    console.print(
+        f"[dim]{ev['seq']:>8}[/dim] {ev['timestamp']} [bold]{ev['type']:<8}[/bold] "
+        f"{name:<24} [cyan]{who}[/cyan] [dim]{ev['profileId']}[/dim]",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@events_app.command("tail")
+def events_tail(
+    ctx: typer.Context,
+    workspace: Annotated[str, typer.Argument(help="Workspace name or id")],
+    lines: Annotated[int, typer.Option("-n", "--lines", help="How many recent events")] = 20,
+    follow: Annotated[
+        bool, typer.Option("-f", "--follow", help="Keep printing new events")
+    ] = False,
+    json: Annotated[bool, typer.Option("--json", help="One JSON object per line")] = False,
+    user: Annotated[str | None, typer.Option(help="Only this userId/anonymousId")] = None,
+) -> None:
+    """Print the newest events, and with --follow every new one as it is stored."""
+    with _engine(ctx) as engine:
+        try:
+            rows = engine.events(workspace, limit=lines, user=user, newest=True)
+        except NotFound as exc:
+            err.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from None
+        for ev in rows:
+            _print_event(ev, json)
+        after = rows[-1]["seq"] if rows else 0
+        try:
+            while follow:
+                time.sleep(0.5)
+                for ev in engine.events(workspace, after=after, limit=1000, user=user):
+                    _print_event(ev, json)
+                    after = ev["seq"]
+        except KeyboardInterrupt:
+            pass
+
+
+@users_app.command("export")
+def user_export(ctx: typer.Context, workspace: str, user_id: str) -> None:
+    """Print everything held about a person as JSON."""
+    with _engine(ctx) as engine:
+        try:
+            typer.echo(
+                orjson.dumps(
+                    engine.export_user(workspace, user_id), option=orjson.OPT_INDENT_2
+                ).decode()
+            )
+        except NotFound as exc:
+            err.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from None
+
+
+@users_app.command("erase")
+def user_erase(
+    ctx: typer.Context,
+    workspace: str,
+    user_id: str,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask")] = False,
+) -> None:
+    """Erase a person's events, identities and profile; suppress their later events."""
+    if not yes:
+        typer.confirm(f"Erase everything held about {user_id!r} in {workspace}?", abort=True)
+    with _engine(ctx) as engine:
+        counts = engine.erase_user(workspace, user_id)
+    console.print(counts)
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    port: Annotated[int | None, typer.Option(help="Port to serve on")] = None,
+    serve_after: Annotated[
+        bool, typer.Option("--serve/--no-serve", help="Serve after loading")
+    ] = True,
+) -> None:
+    """Load the sample shop (a UCI Online Retail slice) into workspace `demo`, then serve."""
+    from sartor.demo import load_demo
+
+    with _engine(ctx) as engine:
+        keys = load_demo(engine, console)
+    if keys:
+        for kind in ("write", "read", "admin"):
+            console.print(f"{kind} key: [bold]{keys[kind]}[/bold]")
+    if serve_after:
+        settings = _settings(ctx)
+        console.print(f"serving on http://{settings.host}:{port or settings.port}  (docs at /docs)")
+        serve(ctx, host=None, port=port)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
