@@ -24,7 +24,6 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default `sqlite:///$SARTOR_HOME/sartor.db`."
     )
-    redis_url: str | None = Field(None, description="Redis URL for the bus and hot state at scale.")
     secret_key: str = Field(
         DEV_SECRET, description="Key for HMAC hashing of PII traits and erased ids."
     )
