@@ -1,8 +1,10 @@
 """Fuzzing the HTTP API: random and malformed payloads never get a 5xx, and every 400/413
 names the field it is about (``errors[].field``).
 
-Part 1 is Hypothesis through the real app (``client`` fixture, SQLite and PostgreSQL) with a
-real write key. Part 2 is a schemathesis run over ``/openapi.json``.
+Hypothesis drives the real app (``client`` fixture, SQLite and PostgreSQL) with real keys:
+arbitrary JSON, Segment-shaped messages with mutated fields, raw bytes, compressed bodies,
+batches mixing good and bad items, and workspace settings followed by events. Last, a
+schemathesis run over ``/openapi.json`` (SQLite only).
 
 Runs are reproducible: every property test is derandomized and uses no example database.
 """
@@ -79,8 +81,9 @@ json_scalars = (
 )
 json_values = st.recursive(
     json_scalars,
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(st.text(max_size=12), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=12), children, max_size=5)
+    ),
     max_leaves=25,
 )
 
@@ -386,6 +389,9 @@ def test_mutated_message_is_refused_by_field(
     bad, field = mutate(good, *mutation)
     msg_type = bad.get("type") if isinstance(bad, dict) else None
     path = f"/v1/{msg_type if msg_type in ENDPOINTS else good['type']}"
+    if mutation == ("type", None):  # a single call may omit its type: send a mismatch instead
+        bad["type"] = "screen" if good["type"] != "screen" else "page"
+        path = f"/v1/{good['type']}"
     resp = _post(client, key, path, encode(bad, False))
     doc = assert_named(resp, {400, 413})
     assert [e["field"] for e in doc["errors"]] == [field or "body"], doc
@@ -444,11 +450,7 @@ def test_batch_stores_good_items_and_reports_bad_ones_by_index(
             items.append(good)
             good_ids.append(good["messageId"])
         else:
-            bad, field = mutate(good, *mutation)
-            if mutation[0] == "type" and not isinstance(bad, dict):
-                raise AssertionError("unreachable")
-            if mutation[0] == "type" and bad.get("type") is None:
-                bad.pop("type")  # a batch item without a type is refused too
+            bad, field = mutate(good, *mutation)  # a null type is refused in a batch
             items.append(bad)
             bad_fields[i] = f"batch[{i}]" + (f".{field}" if field else "")
     before = _last_seq(engine, workspace)
@@ -470,9 +472,7 @@ def test_batch_stores_good_items_and_reports_bad_ones_by_index(
     assert [e["messageId"] for e in stored] == good_ids
 
 
-def test_batch_good_items_are_readable_over_http(
-    client: Any, workspace: CreatedWorkspace
-) -> None:
+def test_batch_good_items_are_readable_over_http(client: Any, workspace: CreatedWorkspace) -> None:
     items: list[Any] = [
         {"type": "track", "event": "view_item", "userId": "u1", "messageId": "g-1"},
         {"type": "track", "event": "Product Viewed", "userId": "u1", "properties": {"price": "x"}},
@@ -504,7 +504,9 @@ def test_batch_good_items_are_readable_over_http(
 @example(path="/v1/track", raw=b'{"userId": "u", "event": "e"')
 @example(path="/v1/page", raw=b'{"userId": "\xc3\x28"}')
 @example(path="/v1/batch", raw=b"NaN")
-def test_raw_bytes_never_5xx(client: Any, workspace: CreatedWorkspace, path: str, raw: bytes) -> None:
+def test_raw_bytes_never_5xx(
+    client: Any, workspace: CreatedWorkspace, path: str, raw: bytes
+) -> None:
     resp = _post(client, workspace.keys["write"], path, raw)
     doc = assert_named(resp)
     try:
@@ -539,7 +541,8 @@ def test_compressed_bodies_never_5xx(
     if corrupt == "truncate":
         body = body[: len(body) // 2]
     elif corrupt == "flip":
-        body = body[:10] + bytes([body[10] ^ 0xFF]) + body[11:]
+        mid = len(body) // 2
+        body = body[:mid] + bytes([body[mid] ^ 0xFF]) + body[mid + 1 :]
     elif corrupt == "garbage":
         body = b"this is not compressed at all"
     elif corrupt == "empty":
@@ -560,7 +563,9 @@ def test_valid_gzip_is_accepted_and_oversized_bodies_name_the_body(
     key = workspace.keys["write"]
     msg = {"type": "track", "event": "Signed Up", "userId": "gz-1"}
     body = {"batch": [msg]} if path == "/v1/batch" else msg
-    resp = _post(client, key, path, gzip.compress(encode(body, False)), **{"content-encoding": "gzip"})
+    resp = _post(
+        client, key, path, gzip.compress(encode(body, False)), **{"content-encoding": "gzip"}
+    )
     assert_named(resp, {200})
 
     limit = 500 * 1024 if path == "/v1/batch" else 32 * 1024
@@ -573,7 +578,59 @@ def test_valid_gzip_is_accepted_and_oversized_bodies_name_the_body(
         assert [e["field"] for e in doc["errors"]] == ["body"]
 
 
-# -- 5. schemathesis over /openapi.json ---------------------------------------------------------
+# -- 5. workspace settings, then events under them ---------------------------------------------
+
+category_names = st.sampled_from(
+    ["analytics", "marketing", "c" * 64, "c" * 65, "a\x00b", ""]
+) | st.text(max_size=20)
+settings_changes = st.fixed_dictionaries(
+    {},
+    optional={
+        "consent_mode": st.sampled_from(["opt_in", "opt_out"]) | json_values,
+        "categories": st.lists(category_names, max_size=4).map(lambda c: ["analytics", *c])
+        | json_values,
+        "event_categories": st.dictionaries(st.sampled_from(["E", "Signed Up"]), category_names)
+        | json_values,
+        "default_category": category_names | json_values,
+        "pii_traits": st.lists(st.text(max_size=10), max_size=3) | json_values,
+        "pii_policy": st.sampled_from(["hash", "keep", "drop"]) | json_values,
+        "ip_policy": st.sampled_from(["truncate", "keep", "drop"]) | json_values,
+        "junk_ids": st.lists(st.text(max_size=10), max_size=3) | json_values,
+        "rate_limit_events_per_second": st.sampled_from([None, 0, 5e-324, 1e-300, 0.5, 1e308])
+        | st.floats(min_value=0, allow_nan=False, allow_infinity=False)
+        | json_values,
+        "unknown": json_values,
+    },
+)
+
+
+@FUZZ
+@given(changes=settings_changes)
+@example(changes={"junk_ids": ["\x00"]})  # PostgreSQL cannot store NUL: was a 500
+@example(changes={"categories": ["analytics", "c" * 65], "event_categories": {"E": "c" * 65}})
+@example(changes={"rate_limit_events_per_second": 5e-324})  # infinite Retry-After: was a 500
+def test_settings_then_events_never_5xx(
+    client: Any, workspace: CreatedWorkspace, changes: dict[str, Any]
+) -> None:
+    """Any settings change is stored or refused by field, and events under the resulting
+    settings are stored, refused or rate limited, never a server error."""
+    admin = {"authorization": f"Bearer {workspace.keys['admin']}"}
+    resp = client.patch(
+        "/v1/workspace/settings",
+        content=encode(changes, False),
+        headers={**admin, "content-type": "application/json"},
+    )
+    assert_named(resp, {200, 400})
+    assert client.get("/v1/workspace", headers=admin).status_code == 200
+    for event in ("E", "Signed Up", "E"):
+        body = encode({"userId": "u1", "event": event}, False)
+        sent = _post(client, workspace.keys["write"], "/v1/track", body)
+        assert_named(sent, {200, 429})
+        if sent.status_code == 429:
+            assert 1 <= int(sent.headers["retry-after"]) <= 86_400
+
+
+# -- 6. schemathesis over /openapi.json ---------------------------------------------------------
 
 
 @pytest.mark.slow
@@ -606,30 +663,34 @@ def test_schemathesis_finds_no_server_error(tmp_path: Path) -> None:
         operations = [result.ok() for result in schema.get_all_operations()]
         assert len(operations) >= 12
         for operation in operations:
-            auth = write if operation.path.startswith("/v1/") and operation.tags == ["collect"] else admin
+            auth = write if operation.path in ALL_PATHS else admin
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-                strategy = operation.as_strategy(generation_mode=mode)
-
-                @settings(
-                    max_examples=40,
-                    deadline=None,
-                    derandomize=True,
-                    database=None,
-                    suppress_health_check=list(HealthCheck),
-                )
-                @given(case=strategy)
-                def run(case: Any, auth: str = auth) -> None:
-                    resp = case.call(headers={"Authorization": auth})
-                    if resp.status_code >= 500:
-                        failures.append(
-                            f"{case.operation.label} -> {resp.status_code}: "
-                            f"{resp.text[:300]}\n{case.as_curl_command()}"
-                        )
-
-                run()
+                _no_server_error(operation.as_strategy(generation_mode=mode), auth, failures)
         assert not failures, "\n\n".join(failures[:10])
     finally:
         engine.close()
+
+
+def _no_server_error(strategy: Any, auth: str, failures: list[str]) -> None:
+    """Run one operation's generated cases with ``auth``; collect every 5xx."""
+
+    @settings(
+        max_examples=40,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=strategy)
+    def run(case: Any) -> None:
+        resp = case.call(headers={"Authorization": auth})
+        if resp.status_code >= 500:
+            failures.append(
+                f"{case.operation.label} -> {resp.status_code}: "
+                f"{resp.text[:300]}\n{case.as_curl_command()}"
+            )
+
+    run()
 
 
 def _basic(key: str) -> str:

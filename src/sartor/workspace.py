@@ -40,6 +40,8 @@ class WorkspaceSettings(BaseModel):
     @classmethod
     def _necessary_first(cls, value: list[str]) -> list[str]:
         cats = [c.strip().lower() for c in value if c.strip()]
+        if any(len(c) > 64 for c in cats):  # events.category is VARCHAR(64)
+            raise ValueError("a category name is at most 64 characters")
         if NECESSARY not in cats:
             cats.insert(0, NECESSARY)
         return list(dict.fromkeys(cats))

@@ -67,7 +67,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RateLimited)
     async def _rate_limited(_: Request, exc: RateLimited) -> Response:
-        retry = max(1, int(exc.retry_after + 0.999))
+        # A near-zero workspace rate gives an absurd (even infinite) wait: cap it at a day.
+        retry = max(1, int(min(exc.retry_after, 86_400.0) + 0.999))
         return json_response(
             _error_body("rate_limited", f"over the workspace's event rate; retry in {retry}s", []),
             429,

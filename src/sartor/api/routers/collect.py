@@ -34,13 +34,13 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 past ``limit`` bytes (also after gunzip)."""
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > limit:
-        raise ApiError(413, "too_large", f"body is larger than {limit} bytes")
+        raise _body_error(413, "too_large", f"is larger than {limit} bytes")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise ApiError(413, "too_large", f"body is larger than {limit} bytes")
+            raise _body_error(413, "too_large", f"is larger than {limit} bytes")
         chunks.append(chunk)
     body = b"".join(chunks)
     encoding = request.headers.get("content-encoding", "").strip().lower()
@@ -49,12 +49,22 @@ async def read_body(request: Request, limit: int) -> bytes:
             inflater = zlib.decompressobj(wbits=47 if encoding == "gzip" else 15)
             body = inflater.decompress(body, limit + 1)
         except zlib.error:
-            raise ApiError(400, "invalid_payload", f"body is not valid {encoding}") from None
+            raise _body_error(400, "invalid_payload", f"is not valid {encoding}") from None
         if len(body) > limit or inflater.unconsumed_tail:
-            raise ApiError(413, "too_large", f"uncompressed body is larger than {limit} bytes")
+            raise _body_error(413, "too_large", f"is larger than {limit} bytes uncompressed")
     elif encoding not in ("", "identity"):
-        raise ApiError(400, "invalid_payload", f"unsupported content-encoding {encoding!r}")
+        raise _body_error(
+            400,
+            "invalid_payload",
+            f"is not supported: {encoding!r}",
+            field="header.content-encoding",
+        )
     return body
+
+
+def _body_error(status: int, code: str, message: str, field: str = "body") -> ApiError:
+    """A refusal of the request body as a whole, naming ``field`` like every 400/413."""
+    return ApiError(status, code, f"{field}: {message}", [{"field": field, "message": message}])
 
 
 def parse_json(body: bytes) -> Any:

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from sartor.api.deps import AdminWorkspace, EngineDep, ReadWorkspace
 from sartor.api.errors import ApiError, json_response
+from sartor.collect.messages import find_nul
 from sartor.workspace import Workspace
 
 router = APIRouter(prefix="/v1/workspace", tags=["workspace"])
@@ -28,6 +29,12 @@ def get_workspace(workspace: ReadWorkspace) -> Response:
 def patch_settings(
     workspace: AdminWorkspace, engine: EngineDep, changes: Annotated[dict[str, Any], Body()]
 ) -> Response:
+    nul = find_nul(changes, "")
+    if nul:  # PostgreSQL cannot store it
+        message = "must not contain the NUL character (\\u0000)"
+        raise ApiError(
+            400, "invalid_settings", f"{nul}: {message}", [{"field": nul, "message": message}]
+        )
     try:
         updated = engine.update_workspace_settings(workspace, changes)
     except (ValidationError, ValueError) as exc:
