@@ -56,7 +56,9 @@ from sartor.config import Settings  # noqa: E402
 from sartor.engine import Engine  # noqa: E402
 from sartor.storage.db import make_engine, migrate  # noqa: E402
 
-PG_ADMIN_URL = os.environ.get("SARTOR_BENCH_POSTGRES_URL", "postgresql+psycopg://root@127.0.0.1:5432")
+PG_ADMIN_URL = os.environ.get(
+    "SARTOR_BENCH_POSTGRES_URL", "postgresql+psycopg://root@127.0.0.1:5432"
+)
 SECRET = "bench-secret-key-0123456789"
 ROW_COLUMNS = (
     "workspace_id, message_id, type, event, category, user_id, anonymous_id, profile_id, "
@@ -262,6 +264,51 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def busy_cpu_seconds() -> float:
+    """CPU seconds spent by the whole machine (all cores, not idle or iowait)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return 0.0
+    values = [int(v) for v in fields]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    # guest time is already counted in user/nice
+    return (sum(values[:8]) - idle) / CLK_TCK
+
+
+def process_cpu_seconds(pid: int) -> float:
+    try:
+        parts = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(parts[11]) + int(parts[12])) / CLK_TCK
+
+
+class CpuMeter:
+    """Cores used by the server, by this load generator, and by everything else meanwhile:
+    the machine is shared, and other processes' load makes a run slower than it would be."""
+
+    def __init__(self, server_pid: int) -> None:
+        self.pid = server_pid
+
+    def __enter__(self) -> CpuMeter:
+        self.t0 = time.perf_counter()
+        self.busy0 = busy_cpu_seconds()
+        self.server0 = process_cpu_seconds(self.pid)
+        self.self0 = sum(os.times()[:2])
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall = time.perf_counter() - self.t0
+        busy = busy_cpu_seconds() - self.busy0
+        self.server = (process_cpu_seconds(self.pid) - self.server0) / wall
+        self.client = (sum(os.times()[:2]) - self.self0) / wall
+        self.other = max(0.0, busy / wall - self.server - self.client)
 
 
 @dataclass
@@ -489,9 +536,12 @@ def bench_backend(backend: str, args: argparse.Namespace, tmp: Path) -> dict[str
         raw1_rates: list[float] = []
         ratios: list[float] = []
         problems: list[str] = []
+        cpu_use: list[dict[str, float]] = []
         for run in range(args.runs):
             bodies = payloads.bodies(args.events)
-            res = send_all(server.port, auth, bodies, args.clients, args.batch)
+            with CpuMeter(server.proc.pid if server.proc else 0) as cpu:
+                res = send_all(server.port, auth, bodies, args.clients, args.batch)
+            cpu_use.append({"server": cpu.server, "client": cpu.client, "other": cpu.other})
             sent += res.events
             if res.requests != len(bodies):
                 problems.append(f"run {run}: {res.requests} of {len(bodies)} requests answered")
@@ -500,7 +550,10 @@ def bench_backend(backend: str, args: argparse.Namespace, tmp: Path) -> dict[str
             if res.not_stored:
                 problems.append(f"run {run}: {res.not_stored} responses did not store all")
             http_rates.append(res.rate)
-            line = f"run {run + 1}/{args.runs}: HTTP {res.rate:,.0f} events/s"
+            line = (
+                f"run {run + 1}/{args.runs}: HTTP {res.rate:,.0f} events/s (cores: server "
+                f"{cpu.server:.2f}, client {cpu.client:.2f}, other processes {cpu.other:.2f})"
+            )
             if raw and raw100 and raw1:
                 rows, last_seq = stored_rows(db_path, last_seq)
                 if len(rows) != res.events:
@@ -526,6 +579,7 @@ def bench_backend(backend: str, args: argparse.Namespace, tmp: Path) -> dict[str
             "ok": not problems,
             "problems": problems,
             "http": summary(http_rates),
+            "cpu_cores_during_http": cpu_use,
         }
         if raw:
             out["raw_per_batch"] = summary(raw100_rates)
@@ -587,15 +641,25 @@ def main() -> int:
         b = r["backend"]
         print(f"{'HTTP /v1/batch ' + b + ' (events/s)':<42} {fmt(r['http'])}")
         if "raw_per_batch" in r:
-            print(f"{f'raw sqlite3, commit per {args.batch} rows (rows/s)':<42} {fmt(r['raw_per_batch'])}")
+            label = f"raw sqlite3, commit per {args.batch} rows (rows/s)"
+            print(f"{label:<42} {fmt(r['raw_per_batch'])}")
             print(f"{'raw sqlite3, one transaction (rows/s)':<42} {fmt(r['raw_single_tx'])}")
             rt = r["ratio"]
             print(
                 f"{'ratio HTTP / raw per-' + str(args.batch):<42} {r['ratio_of_medians']:>10.2f}"
                 f"  (per run {rt['min']:.2f} .. {rt['max']:.2f}, median {rt['median']:.2f})"
             )
+        other = statistics.mean(c["other"] for c in r["cpu_cores_during_http"])
+        server_cores = statistics.mean(c["server"] for c in r["cpu_cores_during_http"])
+        client_cores = statistics.mean(c["client"] for c in r["cpu_cores_during_http"])
+        print(
+            f"  {b}: cores used during HTTP runs: server {server_cores:.2f}, load generator "
+            f"{client_cores:.2f}, other processes {other:.2f}"
+            + ("  (machine shared: rates are depressed)" if other > 0.2 else "")
+        )
         status = "OK" if r["ok"] else "FAILED: " + "; ".join(r["problems"])
-        print(f"  {b}: {r['events_sent']:,} events sent, {r['rows_stored']:,} rows stored: {status}")
+        sent, stored = r["events_sent"], r["rows_stored"]
+        print(f"  {b}: {sent:,} events sent, {stored:,} rows stored: {status}")
         ok = ok and r["ok"]
     for r in results:
         if r["backend"] == "sqlite":

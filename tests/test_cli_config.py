@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from sartor.cli import app
 from sartor.config import DEV_SECRET, Settings
 from sartor.engine import Engine
+from sartor.storage.db import head_revision
 
 runner = CliRunner()
 
@@ -33,7 +34,7 @@ def test_workspace_create_prints_keys_once_and_migrate_reports(tmp_path: Path) -
     home = ["--home", str(tmp_path)]
     result = runner.invoke(app, [*home, "migrate"])
     assert result.exit_code == 0, result.output
-    assert "0001" in result.output
+    assert head_revision() in result.output
     result = runner.invoke(app, [*home, "workspace", "create", "shop", "--consent-mode", "opt_in"])
     assert result.exit_code == 0, result.output
     keys = [w for w in result.output.split() if w.startswith("sk_")]

@@ -58,7 +58,7 @@ def test_ip_truncation_and_location_policy() -> None:
 
 
 def _behavioural(engine: Engine, ws, user: str) -> list[dict]:  # type: ignore[no-untyped-def]
-    return [e for e in engine.events(ws, user=user, limit=1000) if e["category"] != "necessary"]
+    return [e for e in engine.events(ws, user=user, limit=1000) if e["consentCategory"] != "necessary"]
 
 
 def test_opt_in_stores_nothing_behavioural_until_granted_and_stops_after_revoke(

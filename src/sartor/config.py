@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sartor.profiles.folds import ProfileConfig
+
 DEV_SECRET = "sartor-dev-secret-change-me"
 
 
@@ -23,6 +25,11 @@ class Settings(BaseSettings):
     home: Path = Field(Path(".sartor"), description="Folder for the embedded database and models.")
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default `sqlite:///$SARTOR_HOME/sartor.db`."
+    )
+    redis_url: str | None = Field(
+        None,
+        description="Redis URL. When set, profile updates go through Redis Streams to "
+        "`sartor worker` processes and hot state lives in Redis.",
     )
     secret_key: str = Field(
         DEV_SECRET, description="Key for HMAC hashing of PII traits and erased ids."
@@ -49,6 +56,21 @@ class Settings(BaseSettings):
         5_000, description="Most events the writer commits in one transaction."
     )
     key_cache_seconds: float = Field(5.0, description="How long a resolved API key is cached.")
+    session_gap_minutes: float = Field(30.0, gt=0, description="Inactivity that ends a session.")
+    affinity_half_life_days: float = Field(
+        30.0, gt=0, description="Half-life of category and brand affinities."
+    )
+    recent_items: int = Field(50, ge=1, le=1000, description="Recent items kept per profile.")
+    abandoned_cart_hours: float = Field(
+        24.0, gt=0, description="A cart add with no order for this long is abandoned."
+    )
+    hot_user_interactions: int = Field(
+        10, ge=1, description="Interactions within the hot window that trigger a refresh."
+    )
+    hot_user_window_minutes: float = Field(15.0, gt=0, description="The hot-user window.")
+    reconcile_seconds: float = Field(
+        5.0, gt=0, description="How often the updater replays the log past its checkpoint."
+    )
 
     @model_validator(mode="after")
     def _refuse_default_secret(self) -> Settings:
@@ -59,6 +81,15 @@ class Settings(BaseSettings):
         if self.env == "production" and len(self.secret_key) < 16:
             raise ValueError("SARTOR_SECRET_KEY must be at least 16 characters in production")
         return self
+
+    @property
+    def profile_config(self) -> ProfileConfig:
+        return ProfileConfig(
+            session_gap_ms=int(self.session_gap_minutes * 60_000),
+            half_life_days=self.affinity_half_life_days,
+            recent_items=self.recent_items,
+            abandoned_cart_ms=int(self.abandoned_cart_hours * 3_600_000),
+        )
 
     @property
     def resolved_database_url(self) -> str:

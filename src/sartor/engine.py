@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter as Tally
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,18 +20,28 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from sartor import metrics
+from sartor.bus import redis_streams
+from sartor.bus.broadcast import Broadcaster
+from sartor.bus.inprocess import InProcessBus
+from sartor.clock import iso
 from sartor.collect.errors import FieldError, PayloadError, RateLimited
 from sartor.collect.ingest import Outcome
-from sartor.collect.messages import MESSAGE_TYPES, parse_timestamp
+from sartor.collect.messages import MESSAGE_TYPES, find_nul, parse_timestamp
 from sartor.collect.prepare import MAX_BATCH_ITEMS, PreparedEvent, prepare
 from sartor.collect.ratelimit import RateLimiter
 from sartor.collect.writer import GroupCommitWriter
 from sartor.config import Settings, get_settings
 from sartor.privacy import erasure
-from sartor.privacy.pii import derive_key
+from sartor.privacy.pii import HASH_PREFIX, derive_key, keyed_hash, normalize_pii
+from sartor.profiles import folds
+from sartor.profiles import store as profile_store
+from sartor.profiles.hot import HotState, InProcessHotState, RedisHotState
+from sartor.profiles.updater import HotConfig, ProfileChange, ProfileUpdater
 from sartor.storage import db
 from sartor.storage import workspaces as ws_store
 from sartor.storage.tables import events as events_table
+from sartor.storage.tables import identities as identities_table
+from sartor.storage.tables import profiles as profiles_table
 from sartor.workspace import Workspace, WorkspaceSettings
 
 WorkspaceRef = Workspace | str
@@ -83,8 +94,28 @@ class Engine:
     def __init__(self, db_engine: SAEngine, settings: Settings) -> None:
         self.db = db_engine
         self.settings = settings
+        self.redis = redis_streams.connect(settings.redis_url) if settings.redis_url else None
+        self.hot: HotState = RedisHotState(self.redis) if self.redis else InProcessHotState()
+        self.broadcaster = Broadcaster(self.redis)
+        self.updater = ProfileUpdater(
+            db_engine,
+            settings.profile_config,
+            hot=self.hot,
+            hot_config=HotConfig(
+                settings.hot_user_interactions, int(settings.hot_user_window_minutes * 60_000)
+            ),
+            listeners=[self._on_profile_change],
+        )
+        self.bus: InProcessBus | redis_streams.RedisStreamPublisher = (
+            redis_streams.RedisStreamPublisher(self.redis)
+            if self.redis
+            else InProcessBus(self.updater, settings.reconcile_seconds)
+        )
         self.writer = GroupCommitWriter(
-            db_engine, settings.secret_key, max_events=settings.group_commit_max_events
+            db_engine,
+            settings.secret_key,
+            max_events=settings.group_commit_max_events,
+            on_commit=self._on_commit,
         )
         self.limiter = RateLimiter(settings.rate_limit_burst_seconds)
         self._keys: dict[str, tuple[float, str, str] | tuple[float, None, None]] = {}
@@ -104,9 +135,46 @@ class Engine:
             db.migrate(engine)
         return cls(engine, settings)
 
+    def start(self) -> Engine:
+        """Start folding profiles in the background (in-process bus). With Redis, folding
+        is the job of `sartor worker` processes and this does nothing."""
+        self.bus.start()
+        return self
+
     def close(self) -> None:
         self.writer.close()
+        self.bus.stop()
+        self.broadcaster.close()
         self.db.dispose()
+
+    # -- notifications --------------------------------------------------------------------
+
+    def _on_commit(
+        self, ws: Workspace, prepared: list[PreparedEvent], outcomes: list[Outcome]
+    ) -> None:
+        stored = [(e, o) for e, o in zip(prepared, outcomes, strict=True) if o.status == "stored"]
+        if not stored:
+            return
+        self.bus.notify(sorted({(ws.id, o.profile_id or "") for _, o in stored}), 0)
+        if self.broadcaster.has_subscribers(ws.id):
+            for e, o in stored:
+                self.broadcaster.publish(
+                    ws.id,
+                    {
+                        "type": "event",
+                        "messageId": e.message_id,
+                        "eventType": e.type,
+                        "event": e.event,
+                        "userId": e.user_id,
+                        "anonymousId": e.anonymous_id,
+                        "profileId": o.profile_id,
+                        "timestamp": iso(e.timestamp),
+                    },
+                )
+
+    def _on_profile_change(self, change: ProfileChange) -> None:
+        if self.broadcaster.has_subscribers(change.workspace_id):
+            self.broadcaster.publish(change.workspace_id, change.as_dict())
 
     def __enter__(self) -> Engine:
         return self
@@ -324,6 +392,14 @@ class Engine:
             value = body.get(name)
             if value is not None and not isinstance(value, dict):
                 raise PayloadError(400, "invalid_payload", [FieldError(name, "must be an object")])
+            # Merged into every item after the items' own NUL check; PostgreSQL cannot store it.
+            nul = find_nul(value, name)
+            if nul:
+                raise PayloadError(
+                    400,
+                    "invalid_payload",
+                    [FieldError(nul, "must not contain the NUL character (\\u0000)")],
+                )
             kwargs[f"batch_{name}"] = value
         try:
             kwargs["batch_sent_at"] = parse_timestamp(body.get("sentAt"))
@@ -387,10 +463,135 @@ class Engine:
         return [erasure.event_document(r) for r in rows]
 
     def erase_user(self, ref: WorkspaceRef, any_id: str) -> dict[str, int]:
-        """Remove everything held about a person and suppress their later events."""
+        """Remove everything held about a person (events, identities, profile, hot state,
+        bus entries) and suppress their later events."""
         ws = self.workspace(ref)
         with db.write_tx(self.db) as conn:
-            return erasure.erase_user(conn, ws.id, any_id, self.settings.secret_key)
+            pids = erasure.find_profiles(conn, ws.id, self._lookup_id(ws, any_id))
+            counts = erasure.erase_user(conn, ws.id, any_id, self.settings.secret_key)
+        for pid in pids:
+            self.hot.erase(ws.id, pid)
+            if self.redis is not None:
+                counts["bus_entries"] = counts.get("bus_entries", 0) + redis_streams.erase_profile(
+                    self.redis, ws.id, pid
+                )
+        return counts
+
+    # -- profiles -------------------------------------------------------------------------
+
+    def _lookup_id(self, ws: Workspace, any_id: str) -> str:
+        """An email (or its ``hmac-sha256:`` hash) becomes the email identity it is stored as."""
+        if any_id.startswith(HASH_PREFIX):
+            return any_id.removeprefix(HASH_PREFIX)
+        if "@" in any_id:
+            return keyed_hash(self._pii_key(ws), normalize_pii("email", any_id))
+        return any_id
+
+    def _profile_ids(self, ws: Workspace, any_id: str) -> list[str]:
+        with self.db.connect() as conn:
+            return erasure.find_profiles(conn, ws.id, self._lookup_id(ws, any_id))
+
+    def profile(self, ref: WorkspaceRef, any_id: str) -> dict[str, Any]:
+        """The unified profile of a userId, anonymousId, email, hashed email or profile id,
+        folded up to the newest stored event (reads never see a stale profile)."""
+        ws = self.workspace(ref)
+        pids = self._profile_ids(ws, any_id)
+        if not pids:
+            raise NotFound(f"no profile for {any_id!r}")
+        self.updater.catch_up((ws.id, pid) for pid in pids)
+        return self._render(ws, pids[0])
+
+    def _render(self, ws: Workspace, pid: str, row: Any = None) -> dict[str, Any]:
+        with self.db.connect() as conn:
+            if row is None:
+                row = conn.execute(
+                    select(profiles_table).where(
+                        profiles_table.c.workspace_id == ws.id, profiles_table.c.profile_id == pid
+                    )
+                ).first()
+            if row is None:
+                raise NotFound(f"no profile {pid!r}")
+            links = profile_store.identities_of(conn, ws.id, pid)
+        doc, _ = profile_store.doc_of(row)
+        now = time.time_ns() // 1_000_000
+        computed = folds.view(doc, now, self.settings.profile_config)
+        for key in ("first_seen", "last_seen", "last_order_at"):
+            computed[key] = iso(computed[key])
+        computed["rfm"]["first_order_at"] = iso(computed["rfm"]["first_order_at"])
+        computed["intent"]["last_cart_add_at"] = iso(computed["intent"]["last_cart_add_at"])
+        for item in computed["recent_items"]:
+            item["at"] = iso(item["at"])
+        return {
+            "profileId": pid,
+            "identities": links,
+            "traits": row.traits or {},
+            "computed": computed,
+            "consent": row.consent or {},
+            "segments": [],
+            "refreshed": row.refreshed,
+            "version": row.version,
+            "lastSeq": row.last_seq,
+            "createdAt": iso(row.created_at),
+            "updatedAt": iso(row.updated_at),
+        }
+
+    def profiles(
+        self,
+        ref: WorkspaceRef,
+        *,
+        after: str | None = None,
+        limit: int = 50,
+        traits: dict[str, str] | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of profiles in id order after the cursor, optionally where traits equal
+        the given values; returns the page and the next cursor (None at the end)."""
+        ws = self.workspace(ref)
+        limit = max(1, min(limit, 500))
+        t = profiles_table
+        query = select(t).where(t.c.workspace_id == ws.id)
+        if after:
+            query = query.where(t.c.profile_id > after)
+        for key, value in (traits or {}).items():
+            query = query.where(t.c.traits[key].as_string() == value)
+        with self.db.connect() as conn:
+            rows = list(conn.execute(query.order_by(t.c.profile_id).limit(limit)))
+        stale = [r.profile_id for r in rows if r.last_seq is None]
+        if stale:
+            self.updater.catch_up((ws.id, pid) for pid in stale)
+            return self.profiles(ref, after=after, limit=limit, traits=traits)
+        page = [self._render(ws, r.profile_id, r) for r in rows]
+        return page, (rows[-1].profile_id if len(rows) == limit else None)
+
+    def push_traits(self, ref: WorkspaceRef, any_id: str, traits: dict[str, Any]) -> dict[str, Any]:
+        """Set traits from the server side. Stored as an `identify` in the log (the source of
+        truth), then folded at once; supports `$set`, `$set_once` and `$unset`."""
+        ws = self.workspace(ref)
+        kinds: dict[str, str] = {}
+        with self.db.connect() as conn:
+            for row in conn.execute(
+                select(identities_table.c.kind, identities_table.c.value).where(
+                    identities_table.c.workspace_id == ws.id, identities_table.c.value == any_id
+                )
+            ):
+                kinds[row.kind] = row.value
+        field_name = (
+            "anonymousId" if "anonymous_id" in kinds and "user_id" not in kinds else "userId"
+        )
+        result = self.ingest(ws, [{field_name: any_id, "traits": traits}], implied_type="identify")
+        if result.errors:
+            raise PayloadError(
+                400,
+                "invalid_payload",
+                [FieldError(e["field"] or "traits", e["message"]) for e in result.errors],
+            )
+        return self.profile(ws, any_id)
+
+    def rebuild(
+        self, ref: WorkspaceRef | None = None, progress: Callable[[int, int], None] | None = None
+    ) -> int:
+        """Recompute profiles from the event log (`sartor rebuild`)."""
+        ws_id = self.workspace(ref).id if ref is not None else None
+        return self.updater.rebuild(ws_id, progress)
 
     def export_user(self, ref: WorkspaceRef, any_id: str) -> dict[str, Any]:
         ws = self.workspace(ref)

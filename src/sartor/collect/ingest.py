@@ -10,11 +10,12 @@ handful of statements whatever its size.
 from __future__ import annotations
 
 import hashlib
+import hmac
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, select, update
+from sqlalchemy import Connection, and_, delete, select, text, update
 
 from sartor.clock import now_ms
 from sartor.collect.prepare import PreparedEvent
@@ -26,6 +27,10 @@ from sartor.workspace import Workspace
 
 USER = "user_id"
 ANON = "anonymous_id"
+EMAIL = "email_hash"
+# One lock for all event inserts on PostgreSQL, so rows commit in seq order and the log
+# position is a safe checkpoint for the profile updaters.
+PG_LOG_LOCK = 0x5A7702
 
 
 @dataclass(slots=True)
@@ -37,12 +42,14 @@ class Outcome:
     status: str
     reason: str | None = None
     field: str | None = None
+    profile_id: str | None = None
 
 
-def profile_id_for(workspace_id: str, kind: str, value: str) -> str:
-    """A new profile's id, derived from the identity that created it, so two writers that
-    see the same new visitor at once create the same profile."""
-    digest = hashlib.sha256(f"{workspace_id}\x00{kind}\x00{value}".encode()).hexdigest()
+def profile_id_for(key: bytes, kind: str, value: str) -> str:
+    """A new profile's id, derived from the identity that created it (keyed, so it cannot
+    be recomputed from a user id without the secret), so two writers that see the same new
+    visitor at once create the same profile."""
+    digest = hmac.new(key, f"{kind}\x00{value}".encode(), hashlib.sha256).hexdigest()
     return "p_" + digest[:24]
 
 
@@ -56,6 +63,7 @@ class _Identities:
     """The identity graph of the profiles a group touches, loaded once, changed in memory."""
 
     workspace_id: str
+    key: bytes
     links: dict[tuple[str, str], str] = field(default_factory=dict)
     users: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     consent: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -87,12 +95,11 @@ class AliasConflict(Exception):
 
 def _plan(ids: _Identities, e: PreparedEvent) -> tuple[str, list[tuple[Any, ...]]]:
     """The profile an event belongs to and the identity changes it implies (not applied)."""
-    ws = ids.workspace_id
     actions: list[tuple[Any, ...]] = []
     uid, aid = e.user_id, e.anonymous_id
 
     def new_profile(kind: str, value: str) -> str:
-        pid = profile_id_for(ws, kind, value)
+        pid = profile_id_for(ids.key, kind, value)
         actions.append(("create", pid))
         actions.append(("link", kind, value, pid))
         return pid
@@ -168,8 +175,8 @@ def _apply(ids: _Identities, actions: list[tuple[Any, ...]]) -> None:
             ids.dirty_consent.add(dst)
 
 
-def _load(conn: Connection, ws: str, evs: list[PreparedEvent]) -> _Identities:
-    ids = _Identities(ws)
+def _load(conn: Connection, ws: str, evs: list[PreparedEvent], key: bytes) -> _Identities:
+    ids = _Identities(ws, key)
     users = sorted(
         {e.user_id for e in evs if e.user_id} | {e.previous_id for e in evs if e.previous_id}
     )
@@ -177,7 +184,8 @@ def _load(conn: Connection, ws: str, evs: list[PreparedEvent]) -> _Identities:
         {e.anonymous_id for e in evs if e.anonymous_id}
         | {e.previous_id for e in evs if e.previous_id}
     )
-    for kind, values in ((USER, users), (ANON, anons)):
+    emails = sorted({e.email_hash for e in evs if e.email_hash})
+    for kind, values in ((USER, users), (ANON, anons), (EMAIL, emails)):
         for part in chunks(values):
             rows = conn.execute(
                 select(identities.c.value, identities.c.profile_id).where(
@@ -241,11 +249,13 @@ def store_events(
     ws = workspace.id
     mode = workspace.settings.consent_mode
     ip_policy = workspace.settings.ip_policy
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_LOG_LOCK})
     seen = _existing_message_ids(conn, ws, [e.message_id for e in evs])
     all_ids = sorted({i for e in evs for i in e.ids})
     hashes = suppression_hashes(secret, ws, all_ids)
     suppressed = _suppressed(conn, ws, list(hashes.values()))
-    ids = _load(conn, ws, evs)
+    ids = _load(conn, ws, evs, derive_key(secret, ws, "profile"))
     now = now_ms()
 
     outcomes: list[Outcome] = []
@@ -273,6 +283,8 @@ def store_events(
         if not ok and not e.consent:
             outcomes.append(Outcome(e.index, e.message_id, "dropped", "consent"))
             continue
+        if e.email_hash and ids.get(EMAIL, e.email_hash) is None:
+            actions.append(("link", EMAIL, e.email_hash, pid))  # for lookups; never merges
         _apply(ids, actions)
         if e.consent:
             ids.consent[pid] = state
@@ -289,9 +301,12 @@ def store_events(
             if new_context is not context:
                 payload = {**payload, "context": new_context}
         rows.append((e, pid, payload))
-        outcomes.append(Outcome(e.index, e.message_id, "stored"))
+        outcomes.append(Outcome(e.index, e.message_id, "stored", profile_id=pid))
 
     _write(conn, ids, rows, now)
+    for o in outcomes:
+        if o.profile_id is not None:
+            o.profile_id = ids.resolve(o.profile_id)
     return outcomes
 
 
@@ -318,6 +333,12 @@ def _write(
             delete(profiles).where(
                 and_(profiles.c.workspace_id == ws, profiles.c.profile_id == src)
             )
+        )
+        # The merged profile is folded again from its first event (now including src's).
+        conn.execute(
+            update(profiles)
+            .where(profiles.c.workspace_id == ws, profiles.c.profile_id == dst)
+            .values(last_seq=None)
         )
         ids.existing_profiles.discard(src)
         ids.new_profiles.discard(src)

@@ -15,7 +15,7 @@ from sartor.collect.errors import FieldError
 from sartor.collect.messages import Message, find_nul, validate_message
 from sartor.collect.normalize import canonical_event_name, normalize_properties
 from sartor.privacy.consent import consent_statements, event_category
-from sartor.privacy.pii import hash_pii_traits
+from sartor.privacy.pii import HASH_PREFIX, hash_pii_traits, keyed_hash, normalize_pii
 from sartor.workspace import WorkspaceSettings
 
 MAX_EVENT_BYTES = 32 * 1024
@@ -43,6 +43,7 @@ class PreparedEvent:
     consent: dict[str, bool] | None = None
     consent_source: str = ""
     generated_message_id: bool = False
+    email_hash: str | None = None
     ignored_ids: list[str] = field(default_factory=list)
 
     @property
@@ -193,6 +194,20 @@ def prepare(
         event,
         settings.categories,
     )
+    email = (msg.traits or {}).get("email")
+    if not isinstance(email, str) and isinstance(context, dict):
+        email = (
+            (context.get("traits") or {}).get("email")
+            if isinstance(context.get("traits"), dict)
+            else None
+        )
+    email_hash = None
+    if isinstance(email, str) and email.strip():
+        email_hash = (
+            email.removeprefix(HASH_PREFIX)
+            if email.startswith(HASH_PREFIX)
+            else keyed_hash(pii_key, normalize_pii("email", email))
+        )
     message_id = msg.messageId
     generated = message_id is None
     if message_id is None:
@@ -214,5 +229,6 @@ def prepare(
         consent=statements[0] if statements else None,
         consent_source=statements[1] if statements else "",
         generated_message_id=generated,
+        email_hash=email_hash,
         ignored_ids=ignored,
     )

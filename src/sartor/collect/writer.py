@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -35,8 +36,16 @@ class _Job:
 class GroupCommitWriter:
     """A daemon thread that stores submitted events in shared transactions."""
 
-    def __init__(self, engine: Engine, secret: str, *, max_events: int = 5000) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        secret: str,
+        *,
+        max_events: int = 5000,
+        on_commit: Callable[[Workspace, list[PreparedEvent], list[Outcome]], None] | None = None,
+    ) -> None:
         self._engine = engine
+        self._on_commit = on_commit
         self._secret = secret
         self._max_events = max_events
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
@@ -98,6 +107,12 @@ class GroupCommitWriter:
         self.commits += 1
         for job, result in zip(jobs, results, strict=True):
             job.future.set_result(result)
+        if self._on_commit is not None:
+            for job, result in zip(jobs, results, strict=True):
+                try:
+                    self._on_commit(job.workspace, job.events, result)
+                except Exception:  # notifications are best effort; the log has it all
+                    log.exception("commit listener failed")
 
     def _store(self, jobs: list[_Job]) -> list[list[Outcome]]:
         by_ws: dict[str, list[PreparedEvent]] = {}

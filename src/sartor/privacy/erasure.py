@@ -104,7 +104,7 @@ def event_document(row: Any) -> dict[str, Any]:
         "userId": row.user_id,
         "anonymousId": row.anonymous_id,
         "profileId": row.profile_id,
-        "category": row.category,
+        "consentCategory": row.category,
         "timestamp": iso(row.timestamp),
         "receivedAt": iso(row.received_at),
     }

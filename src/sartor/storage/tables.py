@@ -100,6 +100,12 @@ profiles = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
     Column("version", Integer, nullable=False),
+    # Fold state (sartor.profiles.folds); derived from the log, rebuilt at will.
+    Column("computed", Document, nullable=True),
+    # Highest event seq folded in; NULL means "fold everything again" (after a merge).
+    Column("last_seq", BigInteger, nullable=True),
+    # The hot-user refresh: preferences recomputed at a moment, with that moment.
+    Column("refreshed", Document, nullable=True),
     PrimaryKeyConstraint("workspace_id", "profile_id"),
 )
 
@@ -111,4 +117,12 @@ suppressions = Table(
     Column("reason", Text, nullable=False),
     Column("created_at", BigInteger, nullable=False),
     PrimaryKeyConstraint("workspace_id", "id_hash"),
+)
+
+checkpoints = Table(
+    "checkpoints",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("position", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
 )

@@ -1,0 +1,1 @@
+"""Event notifications to profile updaters: in-process, or Redis Streams at scale."""

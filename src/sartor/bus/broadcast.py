@@ -1,0 +1,99 @@
+"""Fan-out of live events and profile changes to WebSocket subscribers.
+
+Publishers run on any thread; subscribers are asyncio queues. With Redis, messages go
+through pub/sub so a client connected to one API process sees what another process or a
+worker published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import Any
+
+import orjson
+
+log = logging.getLogger("sartor.stream")
+CHANNEL = "sartor:stream:"
+
+
+class Broadcaster:
+    def __init__(self, redis_client: Any | None = None, queue_size: int = 1000) -> None:
+        self.redis = redis_client
+        self.queue_size = queue_size
+        self._subs: dict[
+            str, set[tuple[asyncio.AbstractEventLoop, asyncio.Queue[dict[str, Any]]]]
+        ] = {}
+        self._lock = threading.Lock()
+        self._listener: threading.Thread | None = None
+        self._pubsub: Any = None
+
+    def publish(self, workspace_id: str, message: dict[str, Any]) -> None:
+        if self.redis is not None:
+            try:
+                self.redis.publish(CHANNEL + workspace_id, orjson.dumps(message))
+                return
+            except Exception:
+                log.warning("stream publish to Redis failed; delivering locally", exc_info=True)
+        self._deliver(workspace_id, message)
+
+    def _deliver(self, workspace_id: str, message: dict[str, Any]) -> None:
+        with self._lock:
+            subs = list(self._subs.get(workspace_id, ()))
+        for loop, q in subs:
+            try:
+                loop.call_soon_threadsafe(_offer, q, message)
+            except RuntimeError:  # the subscriber's loop is closed
+                pass
+
+    def has_subscribers(self, workspace_id: str) -> bool:
+        return bool(self._subs.get(workspace_id)) or self.redis is not None
+
+    def subscribe(self, workspace_id: str) -> asyncio.Queue[dict[str, Any]]:
+        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(self.queue_size)
+        with self._lock:
+            self._subs.setdefault(workspace_id, set()).add((asyncio.get_running_loop(), q))
+        self._ensure_listener()
+        return q
+
+    def unsubscribe(self, workspace_id: str, q: asyncio.Queue[dict[str, Any]]) -> None:
+        with self._lock:
+            subs = self._subs.get(workspace_id, set())
+            for item in [s for s in subs if s[1] is q]:
+                subs.discard(item)
+
+    def _ensure_listener(self) -> None:
+        if self.redis is None or self._listener is not None:
+            return
+        self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        self._pubsub.psubscribe(CHANNEL + "*")
+        self._listener = threading.Thread(target=self._listen, name="sartor-stream", daemon=True)
+        self._listener.start()
+
+    def _listen(self) -> None:
+        while self._pubsub is not None:
+            try:
+                msg = self._pubsub.get_message(timeout=1.0)
+            except Exception:
+                log.warning("stream subscription lost", exc_info=True)
+                return
+            if msg and msg.get("type") == "pmessage":
+                channel = (
+                    msg["channel"].decode() if isinstance(msg["channel"], bytes) else msg["channel"]
+                )
+                self._deliver(channel[len(CHANNEL) :], orjson.loads(msg["data"]))
+
+    def close(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            try:
+                pubsub.close()
+            except Exception:
+                pass
+
+
+def _offer(q: asyncio.Queue[dict[str, Any]], message: dict[str, Any]) -> None:
+    if q.full():  # a slow client loses its oldest message, never blocks the engine
+        q.get_nowait()
+    q.put_nowait(message)

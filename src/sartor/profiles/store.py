@@ -1,0 +1,131 @@
+"""Profile rows: locking, the events to fold, saving, checkpoints, lookups."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, func, select, update
+
+from sartor.clock import now_ms
+from sartor.profiles.folds import Doc, empty
+from sartor.storage.sql import insert_ignore
+from sartor.storage.tables import checkpoints, events, identities, profiles
+
+
+def lock_profiles(conn: Connection, workspace_id: str, pids: Sequence[str]) -> dict[str, Any]:
+    """The profile rows, locked for update on PostgreSQL (SQLite's write transaction is
+    already exclusive). Sorted ids keep two workers from deadlocking."""
+    query = (
+        select(
+            profiles.c.profile_id,
+            profiles.c.computed,
+            profiles.c.traits,
+            profiles.c.last_seq,
+            profiles.c.version,
+        )
+        .where(profiles.c.workspace_id == workspace_id, profiles.c.profile_id.in_(sorted(pids)))
+        .order_by(profiles.c.profile_id)
+        .with_for_update()
+    )
+    return {row.profile_id: row for row in conn.execute(query)}
+
+
+def doc_of(row: Any | None) -> tuple[Doc, int]:
+    """The fold state of a row and its watermark; a row marked for rebuild starts empty."""
+    if row is None or row.last_seq is None or row.computed is None:
+        return empty(), 0
+    doc = dict(row.computed)
+    doc["traits"] = dict(row.traits or {})
+    return doc, int(row.last_seq)
+
+
+def events_after(
+    conn: Connection, workspace_id: str, pids: Sequence[str], after: int
+) -> Iterator[Any]:
+    """The profiles' events with ``seq > after``, in log order, streamed."""
+    query = (
+        select(
+            events.c.seq,
+            events.c.message_id,
+            events.c.type,
+            events.c.event,
+            events.c.timestamp,
+            events.c.received_at,
+            events.c.profile_id,
+            events.c.payload,
+        )
+        .where(
+            events.c.workspace_id == workspace_id,
+            events.c.profile_id.in_(list(pids)),
+            events.c.seq > after,
+        )
+        .order_by(events.c.seq)
+    )
+    yield from conn.execution_options(yield_per=2000).execute(query)
+
+
+def save(conn: Connection, workspace_id: str, pid: str, doc: Doc, last_seq: int) -> None:
+    state = {k: v for k, v in doc.items() if k != "traits"}
+    conn.execute(
+        update(profiles)
+        .where(profiles.c.workspace_id == workspace_id, profiles.c.profile_id == pid)
+        .values(
+            computed=state,
+            traits=doc["traits"],
+            last_seq=last_seq,
+            version=profiles.c.version + 1,
+            updated_at=now_ms(),
+        )
+    )
+
+
+def get_checkpoint(conn: Connection, name: str) -> int:
+    value = conn.execute(select(checkpoints.c.position).where(checkpoints.c.name == name)).scalar()
+    return int(value or 0)
+
+
+def set_checkpoint(conn: Connection, name: str, position: int) -> None:
+    conn.execute(insert_ignore(conn, checkpoints).values(name=name, position=0, updated_at=0))
+    conn.execute(
+        update(checkpoints)
+        .where(checkpoints.c.name == name, checkpoints.c.position < position)
+        .values(position=position, updated_at=now_ms())
+    )
+
+
+def head(conn: Connection) -> int:
+    return int(conn.execute(select(func.max(events.c.seq))).scalar() or 0)
+
+
+def touched_since(
+    conn: Connection, after: int, upto: int, limit: int = 5000
+) -> list[tuple[str, str, int]]:
+    """``(workspace, profile, max seq)`` of profiles with events in ``(after, upto]``,
+    the first ``limit`` by seq order, so a replay can walk the log in bounded steps."""
+    query = (
+        select(events.c.workspace_id, events.c.profile_id, func.max(events.c.seq).label("top"))
+        .where(events.c.seq > after, events.c.seq <= upto)
+        .group_by(events.c.workspace_id, events.c.profile_id)
+        .order_by(func.max(events.c.seq))
+        .limit(limit)
+    )
+    return [(r.workspace_id, r.profile_id, int(r.top)) for r in conn.execute(query)]
+
+
+def all_profiles(conn: Connection, workspace_id: str | None = None) -> list[tuple[str, str]]:
+    query = select(profiles.c.workspace_id, profiles.c.profile_id).order_by(
+        profiles.c.workspace_id, profiles.c.profile_id
+    )
+    if workspace_id is not None:
+        query = query.where(profiles.c.workspace_id == workspace_id)
+    return [(r.workspace_id, r.profile_id) for r in conn.execute(query)]
+
+
+def identities_of(conn: Connection, workspace_id: str, pid: str) -> list[dict[str, str]]:
+    rows = conn.execute(
+        select(identities.c.kind, identities.c.value)
+        .where(identities.c.workspace_id == workspace_id, identities.c.profile_id == pid)
+        .order_by(identities.c.kind, identities.c.value)
+    )
+    return [{"kind": r.kind, "value": r.value} for r in rows]

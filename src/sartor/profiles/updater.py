@@ -1,0 +1,218 @@
+"""Keeping profiles up to date with the event log.
+
+``catch_up`` folds, for each profile, the events with ``seq`` above the profile's
+watermark, in log order, and saves the new state and watermark in the same transaction.
+Folding is therefore exactly-once in effect whatever triggers it: a notification from the
+bus, a redelivery, a replay from the checkpoint, or a read that wants fresh data. A profile
+whose watermark is NULL (after an identity merge) is folded again from its first event.
+
+The log position itself is safe to use as a checkpoint because events are committed in
+``seq`` order (one writer on SQLite; an advisory lock around the insert on PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine, update
+
+from sartor.clock import now_ms
+from sartor.profiles import store
+from sartor.profiles.folds import Doc, ProfileConfig, fold, view
+from sartor.profiles.hot import HotState, InProcessHotState
+from sartor.storage.db import write_tx
+from sartor.storage.sql import chunks
+from sartor.storage.tables import profiles
+
+log = logging.getLogger("sartor.profiles")
+
+CHECKPOINT = "profiles"
+INTERACTIONS = frozenset({"track", "page", "screen"})
+
+
+@dataclass
+class ProfileChange:
+    """A profile that changed: what a stream subscriber or a cache listener receives."""
+
+    workspace_id: str
+    profile_id: str
+    last_seq: int
+    events: int
+    kind: str = "profile.updated"
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.kind,
+            "workspaceId": self.workspace_id,
+            "profileId": self.profile_id,
+            "lastSeq": self.last_seq,
+            "events": self.events,
+            **self.data,
+        }
+
+
+@dataclass
+class HotConfig:
+    interactions: int = 10
+    window_ms: int = 15 * 60 * 1000
+
+
+class ProfileUpdater:
+    def __init__(
+        self,
+        db: Engine,
+        config: ProfileConfig,
+        *,
+        hot: HotState | None = None,
+        hot_config: HotConfig | None = None,
+        listeners: Iterable[Callable[[ProfileChange], None]] = (),
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self.db = db
+        self.config = config
+        self.hot = hot or InProcessHotState()
+        self.hot_config = hot_config or HotConfig()
+        self.listeners = list(listeners)
+        self.clock = clock
+
+    def catch_up(self, pairs: Iterable[tuple[str, str]]) -> list[ProfileChange]:
+        """Fold whatever each ``(workspace, profile)`` has not folded yet."""
+        by_ws: dict[str, set[str]] = defaultdict(set)
+        for ws, pid in pairs:
+            by_ws[ws].add(pid)
+        changes: list[ProfileChange] = []
+        for ws, pids in sorted(by_ws.items()):
+            for part in chunks(sorted(pids), 200):
+                changes.extend(self._catch_up(ws, part))
+        self._after(changes)
+        return changes
+
+    def _catch_up(self, ws: str, pids: list[str]) -> list[ProfileChange]:
+        out: list[ProfileChange] = []
+        with write_tx(self.db) as conn:
+            rows = store.lock_profiles(conn, ws, pids)
+            if not rows:
+                return out
+            state: dict[str, tuple[Doc, int]] = {
+                pid: store.doc_of(row) for pid, row in rows.items()
+            }
+            tops = {pid: after for pid, (_, after) in state.items()}
+            docs = {pid: doc for pid, (doc, _) in state.items()}
+            folded: dict[str, list[Any]] = defaultdict(list)
+            for ev in store.events_after(conn, ws, list(rows), min(tops.values())):
+                pid = ev.profile_id
+                if ev.seq <= tops[pid]:
+                    continue
+                docs[pid] = fold(docs[pid], ev._asdict(), self.config)
+                tops[pid] = ev.seq
+                folded[pid].append(ev)
+            for pid, evs in folded.items():
+                store.save(conn, ws, pid, docs[pid], tops[pid])
+                stamps = [(e.message_id, e.timestamp) for e in evs if e.type in INTERACTIONS]
+                change = ProfileChange(ws, pid, tops[pid], len(evs))
+                change.data = {"_doc": docs[pid], "_stamps": stamps}
+                out.append(change)
+        return out
+
+    def _after(self, changes: list[ProfileChange]) -> None:
+        """Hot state, the hot-user refresh, and listeners, once the folds are committed."""
+        now = self.clock()
+        window = self.hot_config.window_ms
+        for change in changes:
+            doc = change.data.pop("_doc")
+            stamps = change.data.pop("_stamps")
+            ws, pid = change.workspace_id, change.profile_id
+            try:
+                self.hot.push_recent(ws, pid, doc["recent_items"], self.config.recent_items)
+                count = self.hot.record(ws, pid, stamps, now, window)
+            except Exception:  # hot state is a cache: a Redis hiccup must not stop folding
+                log.exception("hot state unavailable")
+                count = 0
+            self._emit(change)
+            if count >= self.hot_config.interactions and self.hot.claim_refresh(
+                ws, pid, now, window
+            ):
+                self._emit(self.refresh(ws, pid, doc, now, count))
+
+    def refresh(self, ws: str, pid: str, doc: Doc, now: int, interactions: int) -> ProfileChange:
+        """Recompute a hot user's preferences at ``now`` and keep them on the profile."""
+        current = view(doc, now, self.config)
+        preferences = {
+            "at": now,
+            "interactions": interactions,
+            "categories": dict(list(current["category_affinity"].items())[:10]),
+            "brands": dict(list(current["brand_affinity"].items())[:10]),
+            "price_median": current["price_median"],
+            "recent_items": [i["product_id"] for i in current["recent_items"][:20]],
+        }
+        with write_tx(self.db) as conn:
+            conn.execute(
+                update(profiles)
+                .where(profiles.c.workspace_id == ws, profiles.c.profile_id == pid)
+                .values(refreshed=preferences)
+            )
+        return ProfileChange(ws, pid, 0, 0, "profile.refreshed", {"preferences": preferences})
+
+    def _emit(self, change: ProfileChange) -> None:
+        for listener in self.listeners:
+            try:
+                listener(change)
+            except Exception:
+                log.exception("profile listener failed")
+
+    def replay(self, limit_per_step: int = 5000) -> int:
+        """Fold every profile with events past the checkpoint, then move the checkpoint.
+
+        Run at start (what the bus lost is found here) and periodically. Returns the number
+        of profiles caught up."""
+        done = 0
+        with self.db.connect() as conn:
+            position = store.get_checkpoint(conn, CHECKPOINT)
+            top = store.head(conn)
+        while position < top:
+            with self.db.connect() as conn:
+                touched = store.touched_since(conn, position, top, limit_per_step)
+            if not touched:
+                break
+            if len(touched) < limit_per_step:
+                upto = top
+            else:
+                # Bounded step: every profile with an event <= upto is in this step.
+                upto = min(t for _, _, t in touched[-1:])
+                touched = [t for t in touched if t[2] <= upto]
+            self.catch_up((ws, pid) for ws, pid, _ in touched)
+            done += len(touched)
+            with write_tx(self.db) as conn:
+                store.set_checkpoint(conn, CHECKPOINT, upto)
+            position = upto
+        return done
+
+    def rebuild(
+        self, workspace_id: str | None = None, progress: Callable[[int, int], None] | None = None
+    ) -> int:
+        """Recompute every profile (of one workspace, or all) from the log."""
+        with self.db.connect() as conn:
+            pairs = store.all_profiles(conn, workspace_id)
+        total = len(pairs)
+        done = 0
+        for part in chunks(pairs, 500):
+            with write_tx(self.db) as conn:
+                for ws in {ws for ws, _ in part}:
+                    conn.execute(
+                        update(profiles)
+                        .where(
+                            profiles.c.workspace_id == ws,
+                            profiles.c.profile_id.in_([p for w, p in part if w == ws]),
+                        )
+                        .values(last_seq=None)
+                    )
+            self.catch_up(part)
+            done += len(part)
+            if progress:
+                progress(done, total)
+        return total
