@@ -71,7 +71,7 @@ def serve(
 
     settings = _settings(ctx)
     configure_logging(settings.log_level, settings.log_json)
-    engine = Engine.open(settings=settings)
+    engine = Engine.open(settings=settings).start()
     application = create_app(engine)
     try:
         uvicorn.run(
@@ -84,6 +84,74 @@ def serve(
         )
     finally:
         engine.close()
+
+
+@app.command()
+def worker(
+    ctx: typer.Context,
+    name: Annotated[str | None, typer.Option(help="Consumer name (default host-pid)")] = None,
+) -> None:
+    """Fold profiles from the Redis Streams bus (needs SARTOR_REDIS_URL). Run as many as you
+    like, on any machines sharing the database and Redis; a dead worker's pending
+    notifications are taken over by the others."""
+    import signal
+
+    from sartor.bus.redis_streams import RedisStreamWorker
+    from sartor.logs import configure_logging
+
+    settings = _settings(ctx)
+    configure_logging(settings.log_level, settings.log_json)
+    if not settings.redis_url:
+        err.print(
+            "[red]sartor worker needs SARTOR_REDIS_URL[/red] (without Redis, `sartor serve` "
+            "folds profiles in-process)"
+        )
+        raise typer.Exit(2)
+    with Engine.open(settings=settings) as engine:
+        runner = RedisStreamWorker(
+            engine.updater,
+            engine.redis,
+            namespace=settings.redis_namespace,
+            name=name,
+            reconcile_seconds=settings.reconcile_seconds,
+        )
+        signal.signal(signal.SIGTERM, lambda *_: runner.stop.set())
+        console.print(f"worker {runner.name} consuming profile changes")
+        try:
+            runner.run()
+        except KeyboardInterrupt:
+            runner.stop.set()
+
+
+@app.command()
+def rebuild(
+    ctx: typer.Context,
+    workspace: Annotated[str | None, typer.Argument(help="Only this workspace")] = None,
+) -> None:
+    """Recompute every profile from the event log."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with (
+        _engine(ctx) as engine,
+        Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=console,
+        ) as progress,
+    ):
+        task = progress.add_task("rebuilding profiles", total=None)
+
+        def advance(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        try:
+            n = engine.rebuild(workspace, advance)
+        except NotFound as exc:
+            err.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from None
+    console.print(f"{n} profiles rebuilt from the log")
 
 
 @app.command()

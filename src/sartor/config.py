@@ -31,6 +31,9 @@ class Settings(BaseSettings):
         description="Redis URL. When set, profile updates go through Redis Streams to "
         "`sartor worker` processes and hot state lives in Redis.",
     )
+    redis_namespace: str = Field(
+        "sartor", description="Prefix of every Redis key, stream and channel Sartor uses."
+    )
     secret_key: str = Field(
         DEV_SECRET, description="Key for HMAC hashing of PII traits and erased ids."
     )

@@ -95,8 +95,12 @@ class Engine:
         self.db = db_engine
         self.settings = settings
         self.redis = redis_streams.connect(settings.redis_url) if settings.redis_url else None
-        self.hot: HotState = RedisHotState(self.redis) if self.redis else InProcessHotState()
-        self.broadcaster = Broadcaster(self.redis)
+        self.hot: HotState = (
+            RedisHotState(self.redis, settings.redis_namespace)
+            if self.redis
+            else InProcessHotState()
+        )
+        self.broadcaster = Broadcaster(self.redis, settings.redis_namespace)
         self.updater = ProfileUpdater(
             db_engine,
             settings.profile_config,
@@ -107,7 +111,7 @@ class Engine:
             listeners=[self._on_profile_change],
         )
         self.bus: InProcessBus | redis_streams.RedisStreamPublisher = (
-            redis_streams.RedisStreamPublisher(self.redis)
+            redis_streams.RedisStreamPublisher(self.redis, settings.redis_namespace)
             if self.redis
             else InProcessBus(self.updater, settings.reconcile_seconds)
         )
@@ -473,7 +477,7 @@ class Engine:
             self.hot.erase(ws.id, pid)
             if self.redis is not None:
                 counts["bus_entries"] = counts.get("bus_entries", 0) + redis_streams.erase_profile(
-                    self.redis, ws.id, pid
+                    self.redis, self.settings.redis_namespace, ws.id, pid
                 )
         return counts
 

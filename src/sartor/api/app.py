@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sartor import __version__, metrics
 from sartor.api import errors
-from sartor.api.routers import collect, events, ops, users, workspace
+from sartor.api.routers import collect, events, ops, profiles, users, workspace
 from sartor.collect.messages import Batch
 from sartor.config import Settings, get_settings
 from sartor.engine import Engine
@@ -69,7 +69,7 @@ def create_app(engine: Engine | None = None, settings: Settings | None = None) -
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if app.state.engine is None:
-            app.state.engine = Engine.open(settings=settings)
+            app.state.engine = Engine.open(settings=settings).start()
         try:
             yield
         finally:
@@ -86,7 +86,7 @@ def create_app(engine: Engine | None = None, settings: Settings | None = None) -
     )
     app.state.engine = engine
     errors.install(app)
-    for module in (collect, events, users, workspace, ops):
+    for module in (collect, events, profiles, users, workspace, ops):
         app.include_router(module.router)
     app.add_middleware(MetricsMiddleware, access_log=settings.access_log)
 

@@ -15,12 +15,14 @@ from typing import Any
 import orjson
 
 log = logging.getLogger("sartor.stream")
-CHANNEL = "sartor:stream:"
 
 
 class Broadcaster:
-    def __init__(self, redis_client: Any | None = None, queue_size: int = 1000) -> None:
+    def __init__(
+        self, redis_client: Any | None = None, namespace: str = "sartor", queue_size: int = 1000
+    ) -> None:
         self.redis = redis_client
+        self.channel = f"{namespace}:stream:"
         self.queue_size = queue_size
         self._subs: dict[
             str, set[tuple[asyncio.AbstractEventLoop, asyncio.Queue[dict[str, Any]]]]
@@ -32,7 +34,7 @@ class Broadcaster:
     def publish(self, workspace_id: str, message: dict[str, Any]) -> None:
         if self.redis is not None:
             try:
-                self.redis.publish(CHANNEL + workspace_id, orjson.dumps(message))
+                self.redis.publish(self.channel + workspace_id, orjson.dumps(message))
                 return
             except Exception:
                 log.warning("stream publish to Redis failed; delivering locally", exc_info=True)
@@ -67,7 +69,7 @@ class Broadcaster:
         if self.redis is None or self._listener is not None:
             return
         self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        self._pubsub.psubscribe(CHANNEL + "*")
+        self._pubsub.psubscribe(self.channel + "*")
         self._listener = threading.Thread(target=self._listen, name="sartor-stream", daemon=True)
         self._listener.start()
 
@@ -82,7 +84,7 @@ class Broadcaster:
                 channel = (
                     msg["channel"].decode() if isinstance(msg["channel"], bytes) else msg["channel"]
                 )
-                self._deliver(channel[len(CHANNEL) :], orjson.loads(msg["data"]))
+                self._deliver(channel[len(self.channel) :], orjson.loads(msg["data"]))
 
     def close(self) -> None:
         pubsub, self._pubsub = self._pubsub, None

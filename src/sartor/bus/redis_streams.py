@@ -18,9 +18,11 @@ from sartor.profiles.updater import ProfileUpdater
 
 log = logging.getLogger("sartor.bus")
 
-STREAM = "sartor:profile-changes"
 GROUP = "profile-updaters"
-REPLAY_LOCK = "sartor:lock:replay"
+
+
+def stream_key(namespace: str) -> str:
+    return f"{namespace}:profile-changes"
 
 
 def connect(url: str) -> Any:
@@ -30,14 +32,15 @@ def connect(url: str) -> Any:
 
 
 class RedisStreamPublisher:
-    def __init__(self, client: Any, maxlen: int = 200_000) -> None:
+    def __init__(self, client: Any, namespace: str = "sartor", maxlen: int = 200_000) -> None:
         self.r = client
+        self.stream = stream_key(namespace)
         self.maxlen = maxlen
 
     def notify(self, pairs: list[tuple[str, str]], max_seq: int) -> None:
         try:
             self.r.xadd(
-                STREAM,
+                self.stream,
                 {"pairs": orjson.dumps(pairs), "seq": max_seq},
                 maxlen=self.maxlen,
                 approximate=True,
@@ -53,18 +56,21 @@ class RedisStreamPublisher:
         pass
 
 
-def erase_profile(client: Any, workspace_id: str, profile_id: str, batch: int = 1000) -> int:
+def erase_profile(
+    client: Any, namespace: str, workspace_id: str, profile_id: str, batch: int = 1000
+) -> int:
     """Delete stream entries naming the profile (erasure leaves no trace in the bus)."""
+    stream = stream_key(namespace)
     needle = orjson.dumps([workspace_id, profile_id])
     removed = 0
     start = "-"
     while True:
-        entries = client.xrange(STREAM, min=start, max="+", count=batch)
+        entries = client.xrange(stream, min=start, max="+", count=batch)
         if not entries:
             return removed
         doomed = [eid for eid, fields in entries if needle in fields.get(b"pairs", b"")]
         if doomed:
-            removed += client.xdel(STREAM, *doomed)
+            removed += client.xdel(stream, *doomed)
         last = entries[-1][0].decode() if isinstance(entries[-1][0], bytes) else entries[-1][0]
         if len(entries) < batch:
             return removed
@@ -80,6 +86,7 @@ class RedisStreamWorker:
         updater: ProfileUpdater,
         client: Any,
         *,
+        namespace: str = "sartor",
         name: str | None = None,
         block_ms: int = 500,
         claim_idle_ms: int = 5_000,
@@ -88,6 +95,8 @@ class RedisStreamWorker:
     ) -> None:
         self.updater = updater
         self.r = client
+        self.stream = stream_key(namespace)
+        self.replay_lock = f"{namespace}:lock:replay"
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{threading.get_ident()}"
         self.block_ms = block_ms
         self.claim_idle_ms = claim_idle_ms
@@ -98,7 +107,7 @@ class RedisStreamWorker:
 
     def ensure_group(self) -> None:
         try:
-            self.r.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+            self.r.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
         except Exception as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -106,12 +115,12 @@ class RedisStreamWorker:
     def replay(self) -> None:
         """One worker at a time walks the log past the checkpoint."""
         lock_ms = int(max(self.reconcile_seconds * 4, 30) * 1000)
-        if self.r.set(REPLAY_LOCK, self.name, nx=True, px=lock_ms):
+        if self.r.set(self.replay_lock, self.name, nx=True, px=lock_ms):
             try:
                 self.updater.replay()
             finally:
-                if self.r.get(REPLAY_LOCK) == self.name.encode():
-                    self.r.delete(REPLAY_LOCK)
+                if self.r.get(self.replay_lock) == self.name.encode():
+                    self.r.delete(self.replay_lock)
 
     def _handle(self, entries: list[tuple[Any, dict[bytes, bytes]]]) -> None:
         if not entries:
@@ -122,12 +131,12 @@ class RedisStreamWorker:
             if raw:
                 pairs.update((ws, pid) for ws, pid in orjson.loads(raw))
         self.updater.catch_up(pairs)
-        self.r.xack(STREAM, GROUP, *[eid for eid, _ in entries])
+        self.r.xack(self.stream, GROUP, *[eid for eid, _ in entries])
         self.processed += len(entries)
 
     def run_once(self) -> None:
         claimed = self.r.xautoclaim(
-            STREAM,
+            self.stream,
             GROUP,
             self.name,
             min_idle_time=self.claim_idle_ms,
@@ -136,7 +145,7 @@ class RedisStreamWorker:
         )
         self._handle([e for e in claimed[1] if e and e[1] is not None])
         read = self.r.xreadgroup(
-            GROUP, self.name, {STREAM: ">"}, count=self.count, block=self.block_ms
+            GROUP, self.name, {self.stream: ">"}, count=self.count, block=self.block_ms
         )
         for _, entries in read or []:
             self._handle(entries)
