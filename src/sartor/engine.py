@@ -125,6 +125,7 @@ class Engine:
         self._keys: dict[str, tuple[float, str, str] | tuple[float, None, None]] = {}
         self._workspaces: dict[str, tuple[float, Workspace]] = {}
         self._pii_keys: dict[str, bytes] = {}
+        self._medians: dict[str, tuple[float, dict[str, float]]] = {}
 
     @classmethod
     def open(
@@ -516,9 +517,10 @@ class Engine:
             if row is None:
                 raise NotFound(f"no profile {pid!r}")
             links = profile_store.identities_of(conn, ws.id, pid)
+            medians = self._category_medians(conn, ws.id)
         doc, _ = profile_store.doc_of(row)
         now = time.time_ns() // 1_000_000
-        computed = folds.view(doc, now, self.settings.profile_config)
+        computed = folds.view(doc, now, self.settings.profile_config, medians)
         for key in ("first_seen", "last_seen", "last_order_at"):
             computed[key] = iso(computed[key])
         computed["rfm"]["first_order_at"] = iso(computed["rfm"]["first_order_at"])
@@ -538,6 +540,13 @@ class Engine:
             "createdAt": iso(row.created_at),
             "updatedAt": iso(row.updated_at),
         }
+
+    def _category_medians(self, conn: Any, ws_id: str) -> dict[str, float]:
+        cached = self._medians.get(ws_id)
+        if cached is None or cached[0] < time.monotonic():
+            medians = profile_store.category_medians(conn, ws_id)
+            cached = self._medians[ws_id] = (time.monotonic() + 300.0, medians)
+        return cached[1]
 
     def profiles(
         self,
@@ -598,11 +607,22 @@ class Engine:
         return self.updater.rebuild(ws_id, progress)
 
     def export_user(self, ref: WorkspaceRef, any_id: str) -> dict[str, Any]:
+        """Everything held about a person: events, identity links, and each profile as
+        the API shows it (traits, computed behaviour, consent) with its hot state."""
         ws = self.workspace(ref)
+        lookup = self._lookup_id(ws, any_id)
         with self.db.connect() as conn:
-            doc = erasure.export_user(conn, ws.id, any_id)
+            doc = erasure.export_user(conn, ws.id, lookup)
         if doc is None:
             raise NotFound(f"nothing is held about {any_id!r}")
+        doc["id"] = any_id
+        rendered = []
+        for p in doc["profiles"]:
+            self.updater.catch_up([(ws.id, p["profileId"])])
+            full = self._render(ws, p["profileId"])
+            full["hotState"] = {"recentItems": self.hot.recent(ws.id, p["profileId"])}
+            rendered.append(full)
+        doc["profiles"] = rendered
         return doc
 
 

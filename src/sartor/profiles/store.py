@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -62,7 +63,8 @@ def events_after(
         )
         .order_by(events.c.seq)
     )
-    yield from conn.execution_options(yield_per=2000).execute(query)
+    # Per statement: Connection.execution_options would stream every later statement too.
+    yield from conn.execute(query.execution_options(yield_per=2000))
 
 
 def save(conn: Connection, workspace_id: str, pid: str, doc: Doc, last_seq: int) -> None:
@@ -129,3 +131,29 @@ def identities_of(conn: Connection, workspace_id: str, pid: str) -> list[dict[st
         .order_by(identities.c.kind, identities.c.value)
     )
     return [{"kind": r.kind, "value": r.value} for r in rows]
+
+
+def category_medians(conn: Connection, workspace_id: str, sample: int = 20_000) -> dict[str, float]:
+    """The median product price per category over the workspace's newest product events,
+    the reference of each profile's price-sensitivity index."""
+    rows = conn.execute(
+        select(events.c.payload)
+        .where(
+            events.c.workspace_id == workspace_id,
+            events.c.event.in_(["Product Viewed", "Product Added", "Order Completed"]),
+        )
+        .order_by(events.c.seq.desc())
+        .limit(sample)
+    )
+    prices: dict[str, list[float]] = {}
+    for (payload,) in rows:
+        props = (payload or {}).get("properties") or {}
+        listed = props.get("products")
+        products: list[Any] = listed if isinstance(listed, list) else [props]
+        for p in products:
+            if not isinstance(p, dict):
+                continue
+            category, price = p.get("category"), p.get("price")
+            if isinstance(category, str) and isinstance(price, int | float) and price > 0:
+                prices.setdefault(category, []).append(float(price))
+    return {c: statistics.median(v) for c, v in prices.items()}
