@@ -71,6 +71,12 @@ class Settings(BaseSettings):
         10, ge=1, description="Interactions within the hot window that trigger a refresh."
     )
     hot_user_window_minutes: float = Field(15.0, gt=0, description="The hot-user window.")
+    segment_schedule_minutes: float = Field(
+        60.0, gt=0, description="How often every rule segment is re-evaluated (lapsing users)."
+    )
+    rfm_schedule_hours: float = Field(
+        24.0, gt=0, description="How often RFM groups are recomputed."
+    )
     reconcile_seconds: float = Field(
         5.0, gt=0, description="How often the updater replays the log past its checkpoint."
     )

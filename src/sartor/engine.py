@@ -37,6 +37,8 @@ from sartor.profiles import folds
 from sartor.profiles import store as profile_store
 from sartor.profiles.hot import HotState, InProcessHotState, RedisHotState
 from sartor.profiles.updater import HotConfig, ProfileChange, ProfileUpdater
+from sartor.scheduler import Scheduler
+from sartor.segments.service import Segments
 from sartor.storage import db
 from sartor.storage import workspaces as ws_store
 from sartor.storage.tables import events as events_table
@@ -115,6 +117,9 @@ class Engine:
             if self.redis
             else InProcessBus(self.updater, settings.reconcile_seconds)
         )
+        self.segments = Segments(self)
+        self.updater.batch_listeners.append(self.segments.on_profile_changes)
+        self.scheduler = Scheduler(self)
         self.writer = GroupCommitWriter(
             db_engine,
             settings.secret_key,
@@ -144,9 +149,11 @@ class Engine:
         """Start folding profiles in the background (in-process bus). With Redis, folding
         is the job of `sartor worker` processes and this does nothing."""
         self.bus.start()
+        self.scheduler.start()
         return self
 
     def close(self) -> None:
+        self.scheduler.stop()
         self.writer.close()
         self.bus.stop()
         self.broadcaster.close()
@@ -162,9 +169,10 @@ class Engine:
             return
         self.bus.notify(sorted({(ws.id, o.profile_id or "") for _, o in stored}), 0)
         if self.broadcaster.has_subscribers(ws.id):
-            for e, o in stored:
-                self.broadcaster.publish(
-                    ws.id,
+            # One round trip for the whole request, not one per event (with Redis).
+            self.broadcaster.publish_many(
+                ws.id,
+                [
                     {
                         "type": "event",
                         "messageId": e.message_id,
@@ -174,8 +182,10 @@ class Engine:
                         "anonymousId": e.anonymous_id,
                         "profileId": o.profile_id,
                         "timestamp": iso(e.timestamp),
-                    },
-                )
+                    }
+                    for e, o in stored
+                ],
+            )
 
     def _on_profile_change(self, change: ProfileChange) -> None:
         if self.broadcaster.has_subscribers(change.workspace_id):
@@ -212,6 +222,7 @@ class Engine:
                 ws, keys = ws_store.create_workspace(conn, name, ws_settings)
         except IntegrityError:
             raise Conflict(f"a workspace named {name!r} already exists") from None
+        self.segments.install_builtins(ws.id)
         return CreatedWorkspace(ws, keys)
 
     def create_key(self, ref: WorkspaceRef, kind: str) -> str:
@@ -474,6 +485,7 @@ class Engine:
         with db.write_tx(self.db) as conn:
             pids = erasure.find_profiles(conn, ws.id, self._lookup_id(ws, any_id))
             counts = erasure.erase_user(conn, ws.id, any_id, self.settings.secret_key)
+            counts["memberships"] = self.segments.erase(conn, ws.id, pids)
         for pid in pids:
             self.hot.erase(ws.id, pid)
             if self.redis is not None:
@@ -533,7 +545,7 @@ class Engine:
             "traits": row.traits or {},
             "computed": computed,
             "consent": row.consent or {},
-            "segments": [],
+            "segments": self.segments.of_profile(ws.id, pid),
             "refreshed": row.refreshed,
             "version": row.version,
             "lastSeq": row.last_seq,

@@ -40,6 +40,21 @@ class Broadcaster:
                 log.warning("stream publish to Redis failed; delivering locally", exc_info=True)
         self._deliver(workspace_id, message)
 
+    def publish_many(self, workspace_id: str, messages: list[dict[str, Any]]) -> None:
+        """Several messages, in order; with Redis in one round trip (a pipeline)."""
+        if self.redis is not None and messages:
+            try:
+                pipe = self.redis.pipeline(transaction=False)
+                channel = self.channel + workspace_id
+                for message in messages:
+                    pipe.publish(channel, orjson.dumps(message))
+                pipe.execute()
+                return
+            except Exception:
+                log.warning("stream publish to Redis failed; delivering locally", exc_info=True)
+        for message in messages:
+            self._deliver(workspace_id, message)
+
     def _deliver(self, workspace_id: str, message: dict[str, Any]) -> None:
         with self._lock:
             subs = list(self._subs.get(workspace_id, ()))

@@ -29,6 +29,8 @@ CONSENT_EVENTS = frozenset(
 # consent and erasure depend on.
 DEFAULT_EVENT_CATEGORIES: dict[str, str] = {
     **{name: NECESSARY for name in CONSENT_EVENTS},
+    "Segment Entered": NECESSARY,
+    "Segment Exited": NECESSARY,
     "Email Opened": "marketing",
     "Email Link Clicked": "marketing",
     "Email Delivered": "marketing",

@@ -71,6 +71,7 @@ class ProfileUpdater:
         hot: HotState | None = None,
         hot_config: HotConfig | None = None,
         listeners: Iterable[Callable[[ProfileChange], None]] = (),
+        batch_listeners: Iterable[Callable[[list[ProfileChange]], None]] = (),
         clock: Callable[[], int] = now_ms,
     ) -> None:
         self.db = db
@@ -78,6 +79,7 @@ class ProfileUpdater:
         self.hot = hot or InProcessHotState()
         self.hot_config = hot_config or HotConfig()
         self.listeners = list(listeners)
+        self.batch_listeners = list(batch_listeners)
         self.clock = clock
 
     def catch_up(self, pairs: Iterable[tuple[str, str]]) -> list[ProfileChange]:
@@ -138,6 +140,11 @@ class ProfileUpdater:
                 ws, pid, now, window
             ):
                 self._emit(self.refresh(ws, pid, doc, now, count))
+        for batch_listener in self.batch_listeners:
+            try:
+                batch_listener(changes)
+            except Exception:
+                log.exception("profile batch listener failed")
 
     def refresh(self, ws: str, pid: str, doc: Doc, now: int, interactions: int) -> ProfileChange:
         """Recompute a hot user's preferences at ``now`` and keep them on the profile."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -82,11 +84,38 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
     )
 
 
+# SQLite has one writer at a time. Writers of one process (the group-commit writer, the
+# profile updater, API calls) queue on this lock rather than on SQLite's busy handler, which
+# polls with sleeps of up to 100 ms: a waiting writer would sleep long after the lock was
+# free. Writers in other processes still queue on busy_timeout.
+_SQLITE_WRITE_LOCKS: weakref.WeakKeyDictionary[Engine, threading.RLock] = (
+    weakref.WeakKeyDictionary()
+)
+_LOCKS_GUARD = threading.Lock()
+_WRITE_LOCK_WAIT = 30.0  # as busy_timeout; after that, SQLite's own waiting decides
+
+
+def _sqlite_write_lock(engine: Engine) -> threading.RLock | None:
+    if engine.dialect.name != "sqlite":
+        return None
+    lock = _SQLITE_WRITE_LOCKS.get(engine)
+    if lock is None:
+        with _LOCKS_GUARD:
+            lock = _SQLITE_WRITE_LOCKS.setdefault(engine, threading.RLock())
+    return lock
+
+
 @contextmanager
 def write_tx(engine: Engine) -> Iterator[Connection]:
     """A write transaction: committed on exit, rolled back on error."""
-    with engine.connect().execution_options(sqlite_write=True) as conn, conn.begin():
-        yield conn
+    lock = _sqlite_write_lock(engine)
+    locked = lock.acquire(timeout=_WRITE_LOCK_WAIT) if lock is not None else False
+    try:
+        with engine.connect().execution_options(sqlite_write=True) as conn, conn.begin():
+            yield conn
+    finally:
+        if locked and lock is not None:
+            lock.release()
 
 
 def migrate(engine: Engine, revision: str = "head") -> None:

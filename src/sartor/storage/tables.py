@@ -126,3 +126,65 @@ checkpoints = Table(
     Column("position", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
 )
+
+segments = Table(
+    "segments",
+    metadata,
+    Column("workspace_id", String(40), nullable=False),
+    Column("key", String(200), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("kind", String(16), nullable=False),  # rule, rfm, cluster
+    Column("definition", Document, nullable=True),
+    Column("description", Text, nullable=False),
+    Column("time_based", Integer, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("evaluated_at", BigInteger, nullable=True),
+    PrimaryKeyConstraint("workspace_id", "key"),
+)
+
+memberships = Table(
+    "memberships",
+    metadata,
+    Column("workspace_id", String(40), nullable=False),
+    Column("segment_key", String(200), nullable=False),
+    Column("profile_id", String(40), nullable=False),
+    Column("since", BigInteger, nullable=False),
+    Column("data", Document, nullable=True),
+    PrimaryKeyConstraint("workspace_id", "segment_key", "profile_id"),
+    Index(None, "workspace_id", "profile_id"),
+)
+
+segment_sizes = Table(
+    "segment_sizes",
+    metadata,
+    Column("workspace_id", String(40), nullable=False),
+    Column("segment_key", String(200), nullable=False),
+    Column("at", BigInteger, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    PrimaryKeyConstraint("workspace_id", "segment_key", "at"),
+)
+
+cluster_runs = Table(
+    "cluster_runs",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("workspace_id", String(40), nullable=False),
+    Column("algorithm", String(32), nullable=False),
+    Column("params", Document, nullable=False),
+    Column("metrics", Document, nullable=False),
+    Column("clusters", Document, nullable=False),
+    Column("n_profiles", BigInteger, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Index(None, "workspace_id", "created_at"),
+)
+
+cluster_assignments = Table(
+    "cluster_assignments",
+    metadata,
+    Column("run_id", String(40), nullable=False),
+    Column("profile_id", String(40), nullable=False),
+    Column("label", Integer, nullable=False),
+    PrimaryKeyConstraint("run_id", "profile_id"),
+)

@@ -1,0 +1,599 @@
+"""Segments in a workspace: definitions, back-fill, real-time membership, schedules, RFM.
+
+Membership of rule segments is evaluated on every profile change (the updater calls
+:meth:`Segments.on_profile_change`) and over all profiles on a schedule, since lapsing
+("no order in 90 days") produces no event. Entering or leaving a segment is written to the
+event log as ``Segment Entered`` / ``Segment Exited``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import threading
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+from sqlalchemy import Connection, delete, func, select, update
+
+from sartor.clock import now_ms
+from sartor.collect.errors import FieldError
+from sartor.profiles import folds
+from sartor.profiles import store as profile_store
+from sartor.segments.rfm import GROUPS, RFM
+from sartor.segments.rules import Context, EventCondition, Rule, compile_rule
+from sartor.storage.db import write_tx
+from sartor.storage.sql import chunks, execute_many, insert_ignore
+from sartor.storage.tables import events, identities, memberships, profiles, segment_sizes, segments
+
+if TYPE_CHECKING:
+    from sartor.engine import Engine
+    from sartor.profiles.updater import ProfileChange
+
+log = logging.getLogger("sartor.segments")
+
+KEY_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,99}$")
+ENTERED, EXITED = "Segment Entered", "Segment Exited"
+
+BUILTINS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "frequent-buyers": (
+        "Frequent Buyers",
+        "Five or more orders in the last 90 days.",
+        {"event": "Order Completed", "min_count": 5, "within_days": 90},
+    ),
+    "lapsed-users": (
+        "Lapsed Users",
+        "Customers whose last order is more than 90 days old.",
+        {"property": "computed.last_order_at", "op": "older_than_days", "value": 90},
+    ),
+    "high-value-shoppers": (
+        "High-Value Shoppers",
+        "Net revenue of 1,000 or more (edit the threshold to your currency).",
+        {"property": "computed.rfm.monetary", "op": "gte", "value": 1000},
+    ),
+    "active": (
+        "Active",
+        "Seen in the last 30 days.",
+        {"property": "computed.last_seen", "op": "within_days", "value": 30},
+    ),
+}
+
+
+def check_key(key: str) -> str:
+    if not isinstance(key, str) or not KEY_RE.match(key):
+        raise FieldError(
+            "key", "1-100 lowercase letters, digits, '-' or '_', starting alphanumeric"
+        )
+    return key
+
+
+class Segments:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.db = engine.db
+        self._rules: dict[str, tuple[float, list[tuple[str, Rule]]]] = {}
+        self._lock = threading.Lock()
+
+    # -- definitions ----------------------------------------------------------------------
+
+    def _row(self, conn: Connection, ws: str, key: str) -> Any:
+        return conn.execute(
+            select(segments).where(segments.c.workspace_id == ws, segments.c.key == key)
+        ).first()
+
+    @staticmethod
+    def _doc(row: Any) -> dict[str, Any]:
+        return {
+            "key": row.key,
+            "name": row.name,
+            "kind": row.kind,
+            "description": row.description,
+            "definition": row.definition,
+            "timeBased": bool(row.time_based),
+            "size": row.size,
+            "createdAt": row.created_at,
+            "updatedAt": row.updated_at,
+            "evaluatedAt": row.evaluated_at,
+        }
+
+    def all(self, ws: str) -> list[dict[str, Any]]:
+        with self.db.connect() as conn:
+            rows = conn.execute(
+                select(segments).where(segments.c.workspace_id == ws).order_by(segments.c.key)
+            )
+            return [self._doc(r) for r in rows]
+
+    def get(self, ws: str, key: str) -> dict[str, Any] | None:
+        with self.db.connect() as conn:
+            row = self._row(conn, ws, key)
+        return self._doc(row) if row else None
+
+    def save(
+        self,
+        ws: str,
+        key: str,
+        name: str,
+        definition: Any,
+        description: str = "",
+        *,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> dict[str, Any]:
+        """Create or replace a rule segment, then back-fill it over every profile."""
+        check_key(key)
+        if not isinstance(name, str) or not name.strip() or len(name) > 200:
+            raise FieldError("name", "is required, at most 200 characters")
+        rule = compile_rule(definition)
+        self._check_references(ws, key, rule)
+        now = now_ms()
+        with write_tx(self.db) as conn:
+            row = self._row(conn, ws, key)
+            if row is not None and row.kind != "rule":
+                raise FieldError("key", f"{key!r} is a {row.kind} segment and is managed for you")
+            values = {
+                "name": name.strip(),
+                "definition": definition,
+                "description": description,
+                "time_based": int(rule.time_based),
+                "updated_at": now,
+            }
+            if row is None:
+                conn.execute(
+                    segments.insert().values(
+                        workspace_id=ws, key=key, kind="rule", size=0, created_at=now, **values
+                    )
+                )
+            else:
+                conn.execute(
+                    update(segments)
+                    .where(segments.c.workspace_id == ws, segments.c.key == key)
+                    .values(**values)
+                )
+        self._rules.pop(ws, None)
+        self.backfill(ws, key, progress=progress)
+        doc = self.get(ws, key)
+        assert doc is not None
+        return doc
+
+    def _check_references(self, ws: str, key: str, rule: Rule) -> None:
+        for ref in rule.references:
+            if ref == key:
+                raise FieldError("definition", "a segment cannot contain itself")
+            if ref.startswith("rfm:"):
+                if ref[4:] not in GROUPS:
+                    raise FieldError(
+                        "definition", f"unknown RFM group {ref[4:]!r}; one of {GROUPS}"
+                    )
+            elif not ref.startswith("cluster:") and self.get(ws, ref) is None:
+                raise FieldError("definition", f"no segment {ref!r}")
+
+    def delete(self, ws: str, key: str) -> bool:
+        with write_tx(self.db) as conn:
+            n = conn.execute(
+                delete(segments).where(segments.c.workspace_id == ws, segments.c.key == key)
+            ).rowcount
+            conn.execute(
+                delete(memberships).where(
+                    memberships.c.workspace_id == ws, memberships.c.segment_key == key
+                )
+            )
+        self._rules.pop(ws, None)
+        return bool(n)
+
+    def install_builtins(self, ws: str) -> None:
+        for key, (name, description, definition) in BUILTINS.items():
+            if self.get(ws, key) is None:
+                self.save(ws, key, name, definition, description)
+
+    # -- evaluation -----------------------------------------------------------------------
+
+    def _rule_set(self, ws: str) -> list[tuple[str, Rule]]:
+        cached = self._rules.get(ws)
+        if cached is not None and cached[0] > now_ms():
+            return cached[1]
+        with self.db.connect() as conn:
+            rows = conn.execute(
+                select(segments.c.key, segments.c.definition).where(
+                    segments.c.workspace_id == ws, segments.c.kind == "rule"
+                )
+            ).all()
+        rules = []
+        for key, definition in rows:
+            try:
+                rules.append((key, compile_rule(definition)))
+            except FieldError:
+                log.warning("segment %s has an invalid definition; skipped", key)
+        # Segments that refer to others are evaluated after them.
+        rules.sort(key=lambda kr: (len(kr[1].references & {k for k, _ in rules}), kr[0]))
+        self._rules[ws] = (now_ms() + 5_000, rules)
+        return rules
+
+    def _profiles_view(
+        self, conn: Connection, ws: str, pids: list[str], now: int
+    ) -> dict[str, dict[str, Any]]:
+        cfg = self.engine.settings.profile_config
+        out: dict[str, dict[str, Any]] = {}
+        for part in chunks(pids):
+            rows = conn.execute(
+                select(
+                    profiles.c.profile_id,
+                    profiles.c.computed,
+                    profiles.c.traits,
+                    profiles.c.consent,
+                    profiles.c.last_seq,
+                ).where(profiles.c.workspace_id == ws, profiles.c.profile_id.in_(part))
+            )
+            for row in rows:
+                doc, _ = profile_store.doc_of(row)
+                out[row.profile_id] = {
+                    "profileId": row.profile_id,
+                    "traits": doc["traits"],
+                    "computed": folds.view(doc, now, cfg),
+                    "consent": row.consent or {},
+                }
+        return out
+
+    def _memberships(self, conn: Connection, ws: str, pids: list[str]) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {p: set() for p in pids}
+        for part in chunks(pids):
+            for key, pid in conn.execute(
+                select(memberships.c.segment_key, memberships.c.profile_id).where(
+                    memberships.c.workspace_id == ws, memberships.c.profile_id.in_(part)
+                )
+            ):
+                out.setdefault(pid, set()).add(key)
+        return out
+
+    def _event_counter(
+        self, conn: Connection, ws: str, pids: list[str], now: int
+    ) -> Callable[[str, EventCondition], int]:
+        cache: dict[EventCondition, dict[str, int]] = {}
+
+        def count(pid: str, cond: EventCondition) -> int:
+            if cond not in cache:
+                cache[cond] = self._count_events(conn, ws, pids, cond, now)
+            return cache[cond].get(pid, 0)
+
+        return count
+
+    @staticmethod
+    def _count_events(
+        conn: Connection, ws: str, pids: list[str], cond: EventCondition, now: int
+    ) -> dict[str, int]:
+        t = events
+        base = [t.c.workspace_id == ws, t.c.event == cond.event, t.c.type == "track"]
+        if cond.within_days is not None:
+            base.append(t.c.timestamp >= now - int(cond.within_days * 86_400_000))
+        if cond.since is not None:
+            base.append(t.c.timestamp >= cond.since)
+        if cond.until is not None:
+            base.append(t.c.timestamp <= cond.until)
+        counts: dict[str, int] = {}
+        for part in chunks(pids):
+            if not cond.where:
+                query = (
+                    select(t.c.profile_id, func.count())
+                    .where(*base, t.c.profile_id.in_(part))
+                    .group_by(t.c.profile_id)
+                )
+                counts.update({pid: int(n) for pid, n in conn.execute(query)})
+                continue
+            query = select(t.c.profile_id, t.c.payload).where(*base, t.c.profile_id.in_(part))
+            for pid, payload in conn.execute(query):
+                if cond.matches((payload or {}).get("properties") or {}):
+                    counts[pid] = counts.get(pid, 0) + 1
+        return counts
+
+    def evaluate(
+        self, ws: str, pids: list[str], now: int | None = None, only: set[str] | None = None
+    ) -> list[tuple[str, str, bool]]:
+        """Re-evaluate rule segments for profiles and apply the changes; returns
+        ``(segment, profile, entered)`` for each change."""
+        now = now if now is not None else now_ms()
+        rules = [(k, r) for k, r in self._rule_set(ws) if only is None or k in only]
+        if not rules or not pids:
+            return []
+        changes: list[tuple[str, str, bool]] = []
+        with self.db.connect() as conn:
+            views = self._profiles_view(conn, ws, pids, now)
+            current = self._memberships(conn, ws, list(views))
+            counter = self._event_counter(conn, ws, list(views), now)
+            for pid, view in views.items():
+                member_of = set(current.get(pid, set()))
+                ctx = Context(now=now, memberships=frozenset(member_of))
+                ctx.count_events = partial(counter, pid)
+                for key, rule in rules:
+                    inside = rule(view, ctx)
+                    if inside != (key in member_of):
+                        changes.append((key, pid, inside))
+                        (member_of.add if inside else member_of.discard)(key)
+                        ctx.memberships = frozenset(member_of)
+        self._apply(ws, changes, now)
+        return changes
+
+    def _apply(self, ws: str, changes: list[tuple[str, str, bool]], now: int) -> None:
+        if not changes:
+            return
+        with write_tx(self.db) as conn:
+            execute_many(
+                conn,
+                insert_ignore(conn, memberships),
+                [
+                    {
+                        "workspace_id": ws,
+                        "segment_key": k,
+                        "profile_id": p,
+                        "since": now,
+                        "data": None,
+                    }
+                    for k, p, inside in changes
+                    if inside
+                ],
+            )
+            for k, p, inside in changes:
+                if not inside:
+                    conn.execute(
+                        delete(memberships).where(
+                            memberships.c.workspace_id == ws,
+                            memberships.c.segment_key == k,
+                            memberships.c.profile_id == p,
+                        )
+                    )
+            for key in {k for k, _, _ in changes}:
+                self._refresh_size(conn, ws, key, now)
+        self._log_transitions(ws, changes, now)
+
+    def _refresh_size(self, conn: Connection, ws: str, key: str, now: int) -> int:
+        size = int(
+            conn.execute(
+                select(func.count()).where(
+                    memberships.c.workspace_id == ws, memberships.c.segment_key == key
+                )
+            ).scalar()
+            or 0
+        )
+        conn.execute(
+            update(segments)
+            .where(segments.c.workspace_id == ws, segments.c.key == key)
+            .values(size=size, evaluated_at=now)
+        )
+        return size
+
+    def record_sizes(self, ws: str, now: int | None = None) -> None:
+        """Keep today's size of every segment (one point per segment per day)."""
+        now = now if now is not None else now_ms()
+        day = now - now % 86_400_000
+        with write_tx(self.db) as conn:
+            rows = conn.execute(
+                select(segments.c.key, segments.c.size).where(segments.c.workspace_id == ws)
+            ).all()
+            conn.execute(
+                delete(segment_sizes).where(
+                    segment_sizes.c.workspace_id == ws, segment_sizes.c.at == day
+                )
+            )
+            execute_many(
+                conn,
+                segment_sizes.insert(),
+                [{"workspace_id": ws, "segment_key": k, "at": day, "size": n} for k, n in rows],
+            )
+
+    def _log_transitions(self, ws: str, changes: list[tuple[str, str, bool]], now: int) -> None:
+        """``Segment Entered`` / ``Segment Exited`` into the log, under the person's id."""
+        ids: dict[str, dict[str, str]] = {}
+        with self.db.connect() as conn:
+            for part in chunks(sorted({p for _, p, _ in changes})):
+                for kind, value, pid in conn.execute(
+                    select(identities.c.kind, identities.c.value, identities.c.profile_id).where(
+                        identities.c.workspace_id == ws, identities.c.profile_id.in_(part)
+                    )
+                ):
+                    ids.setdefault(pid, {}).setdefault(kind, value)
+        items = []
+        for key, pid, entered in changes:
+            who = ids.get(pid, {})
+            ident = (
+                {"userId": who["user_id"]}
+                if "user_id" in who
+                else {"anonymousId": who["anonymous_id"]}
+                if "anonymous_id" in who
+                else None
+            )
+            if ident is None:
+                continue
+            items.append(
+                {
+                    "type": "track",
+                    "event": ENTERED if entered else EXITED,
+                    "messageId": "seg-"
+                    + hashlib.sha256(f"{entered}|{now}|{key}|{pid}".encode()).hexdigest()[:40],
+                    "timestamp": now,
+                    "properties": {"segment_key": key},
+                    **ident,
+                }
+            )
+        for group in chunks(items, 1000):
+            self.engine.ingest(ws, group)
+
+    def on_profile_changes(self, changes: list[ProfileChange]) -> None:
+        """Real-time membership: re-evaluate the rule segments of the changed profiles."""
+        by_ws: dict[str, list[str]] = {}
+        for change in changes:
+            if change.kind == "profile.updated" and change.events:
+                by_ws.setdefault(change.workspace_id, []).append(change.profile_id)
+        for ws, pids in by_ws.items():
+            if self._rule_set(ws):
+                self.evaluate(ws, pids)
+
+    def backfill(
+        self,
+        ws: str,
+        key: str | None = None,
+        *,
+        progress: Callable[[int, int], None] | None = None,
+        now: int | None = None,
+        batch: int = 2000,
+    ) -> int:
+        """Evaluate one segment (or all) over every profile, streaming in batches."""
+        now = now if now is not None else now_ms()
+        with self.db.connect() as conn:
+            pids = [pid for _, pid in profile_store.all_profiles(conn, ws)]
+        only = {key} if key else None
+        done = 0
+        for part in chunks(pids, batch):
+            self.evaluate(ws, part, now, only)
+            done += len(part)
+            if progress:
+                progress(done, len(pids))
+        with write_tx(self.db) as conn:
+            keys = [key] if key else [k for k, _ in self._rule_set(ws)]
+            for k in keys:
+                self._refresh_size(conn, ws, k, now)
+        self.record_sizes(ws, now)
+        return len(pids)
+
+    # -- reading --------------------------------------------------------------------------
+
+    def preview(
+        self, ws: str, definition: Any, sample: int = 10, limit: int = 100_000
+    ) -> dict[str, Any]:
+        """Size and a sample of a definition, without saving it."""
+        rule = compile_rule(definition)
+        now = now_ms()
+        with self.db.connect() as conn:
+            pids = [pid for _, pid in profile_store.all_profiles(conn, ws)][:limit]
+            size, members = 0, list[str]()
+            for part in chunks(pids, 2000):
+                views = self._profiles_view(conn, ws, part, now)
+                current = self._memberships(conn, ws, part)
+                counter = self._event_counter(conn, ws, part, now)
+                for pid, view in views.items():
+                    ctx = Context(now=now, memberships=frozenset(current.get(pid, set())))
+                    ctx.count_events = partial(counter, pid)
+                    if rule(view, ctx):
+                        size += 1
+                        if len(members) < sample:
+                            members.append(pid)
+        return {"size": size, "sample": members, "evaluated": len(pids)}
+
+    def members(
+        self, ws: str, key: str, after: str | None = None, limit: int = 100
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        m = memberships
+        query = select(m.c.profile_id, m.c.since, m.c.data).where(
+            m.c.workspace_id == ws, m.c.segment_key == key
+        )
+        if after:
+            query = query.where(m.c.profile_id > after)
+        with self.db.connect() as conn:
+            rows = conn.execute(query.order_by(m.c.profile_id).limit(limit)).all()
+        page = [{"profileId": r.profile_id, "since": r.since, **(r.data or {})} for r in rows]
+        return page, (rows[-1].profile_id if len(rows) == limit else None)
+
+    def sizes(self, ws: str, key: str) -> list[dict[str, int]]:
+        with self.db.connect() as conn:
+            rows = conn.execute(
+                select(segment_sizes.c.at, segment_sizes.c.size)
+                .where(segment_sizes.c.workspace_id == ws, segment_sizes.c.segment_key == key)
+                .order_by(segment_sizes.c.at)
+            )
+            return [{"at": r.at, "size": r.size} for r in rows]
+
+    def of_profile(self, ws: str, pid: str) -> list[str]:
+        with self.db.connect() as conn:
+            return sorted(
+                conn.execute(
+                    select(memberships.c.segment_key).where(
+                        memberships.c.workspace_id == ws, memberships.c.profile_id == pid
+                    )
+                ).scalars()
+            )
+
+    # -- RFM ------------------------------------------------------------------------------
+
+    def rfm_frame(self, ws: str, now: int | None = None) -> pd.DataFrame:
+        """Recency (days), frequency and net monetary value of every profile."""
+        now = now if now is not None else now_ms()
+        rows: list[dict[str, Any]] = []
+        with self.db.connect() as conn:
+            query = select(profiles.c.profile_id, profiles.c.computed).where(
+                profiles.c.workspace_id == ws
+            )
+            for pid, computed in conn.execute(query.execution_options(yield_per=5000)):
+                c = computed or {}
+                last = c.get("last_order_at")
+                rows.append(
+                    {
+                        "profile_id": pid,
+                        "recency_days": (now - last) / 86_400_000 if last is not None else None,
+                        "frequency": c.get("orders", 0),
+                        "monetary": c.get("revenue", 0.0) - c.get("refunded", 0.0),
+                    }
+                )
+        frame = pd.DataFrame(rows, columns=["profile_id", "recency_days", "frequency", "monetary"])
+        return frame.set_index("profile_id")
+
+    def run_rfm(self, ws: str, reference: int | None = None) -> dict[str, int]:
+        """Score every customer and store the ``rfm:<group>`` memberships; returns sizes."""
+        now = reference if reference is not None else now_ms()
+        self.engine.updater.replay()
+        model = RFM().fit(self.rfm_frame(ws, now))
+        scores = model.scores_
+        with write_tx(self.db) as conn:
+            conn.execute(
+                delete(memberships).where(
+                    memberships.c.workspace_id == ws, memberships.c.segment_key.like("rfm:%")
+                )
+            )
+            rows = [
+                {
+                    "workspace_id": ws,
+                    "segment_key": f"rfm:{group}",
+                    "profile_id": pid,
+                    "since": now,
+                    "data": {"R": int(r.R), "F": int(r.F), "M": int(r.M), "RFM": r.RFM},
+                }
+                for pid, group, r in zip(
+                    scores.index, model.groups_, scores.itertuples(), strict=True
+                )
+            ]
+            for part in chunks(rows, 5000):
+                execute_many(conn, memberships.insert(), part)
+            sizes = {g: int(n) for g, n in model.groups_.value_counts().items()}
+            for group in GROUPS:
+                key = f"rfm:{group}"
+                if self._row(conn, ws, key) is None:
+                    conn.execute(
+                        segments.insert().values(
+                            workspace_id=ws,
+                            key=key,
+                            name=group,
+                            kind="rfm",
+                            definition=None,
+                            description=f"RFM group {group}",
+                            time_based=1,
+                            size=0,
+                            created_at=now,
+                            updated_at=now,
+                        )
+                    )
+                conn.execute(
+                    update(segments)
+                    .where(segments.c.workspace_id == ws, segments.c.key == key)
+                    .values(size=sizes.get(group, 0), evaluated_at=now, updated_at=now)
+                )
+        self.record_sizes(ws, now)
+        self._rules.pop(ws, None)
+        return sizes
+
+    def erase(self, conn: Connection, ws: str, pids: Iterable[str]) -> int:
+        n = 0
+        for part in chunks(list(pids)):
+            n += conn.execute(
+                delete(memberships).where(
+                    memberships.c.workspace_id == ws, memberships.c.profile_id.in_(part)
+                )
+            ).rowcount
+        return n
