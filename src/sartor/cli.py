@@ -23,6 +23,8 @@ users_app = typer.Typer(
 app.add_typer(workspace_app, name="workspace")
 app.add_typer(events_app, name="events")
 app.add_typer(users_app, name="user")
+segment_app = typer.Typer(help="Rule segments, RFM and clusters.", no_args_is_help=True)
+app.add_typer(segment_app, name="segment")
 console = Console()
 err = Console(stderr=True)
 
@@ -278,6 +280,163 @@ def user_erase(
     with _engine(ctx) as engine:
         counts = engine.erase_user(workspace, user_id)
     console.print(counts)
+
+
+def _definition(text: str) -> Any:
+    """A definition given inline as JSON, or as @file.json."""
+    raw = Path(text[1:]).read_text() if text.startswith("@") else text
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        err.print(f"[red]definition is not valid JSON:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _workspace_id(engine: Engine, ref: str) -> str:
+    try:
+        return engine.workspace(ref).id
+    except NotFound as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+
+
+@segment_app.command("list")
+def segment_list(ctx: typer.Context, workspace: str) -> None:
+    """Segments with their sizes."""
+    with _engine(ctx) as engine:
+        rows = engine.segments.all(_workspace_id(engine, workspace))
+    table = Table("key", "name", "kind", "size", "time-based")
+    for s in rows:
+        table.add_row(
+            s["key"], s["name"], s["kind"], str(s["size"]), "yes" if s["timeBased"] else ""
+        )
+    console.print(table)
+
+
+@segment_app.command("save")
+def segment_save(
+    ctx: typer.Context,
+    workspace: str,
+    key: str,
+    definition: Annotated[str, typer.Argument(help="JSON condition tree, or @file.json")],
+    name: Annotated[str | None, typer.Option(help="Display name (default: the key)")] = None,
+    description: Annotated[str, typer.Option(help="What the segment means")] = "",
+) -> None:
+    """Create or replace a rule segment and back-fill it over every profile."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress
+
+    from sartor.collect.errors import FieldError
+
+    tree = _definition(definition)
+    with (
+        _engine(ctx) as engine,
+        Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=console,
+        ) as progress,
+    ):
+        ws = _workspace_id(engine, workspace)
+        task = progress.add_task(f"back-filling {key}", total=None)
+        try:
+            doc = engine.segments.save(
+                ws,
+                key,
+                name or key,
+                tree,
+                description,
+                progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )
+        except FieldError as exc:
+            err.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2) from None
+    console.print(f"segment {doc['key']}: {doc['size']} members")
+
+
+@segment_app.command("preview")
+def segment_preview(
+    ctx: typer.Context,
+    workspace: str,
+    definition: Annotated[str, typer.Argument(help="JSON condition tree, or @file.json")],
+) -> None:
+    """How many profiles a definition would hold, with a sample, without saving it."""
+    from sartor.collect.errors import FieldError
+
+    with _engine(ctx) as engine:
+        try:
+            result = engine.segments.preview(
+                _workspace_id(engine, workspace), _definition(definition)
+            )
+        except FieldError as exc:
+            err.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2) from None
+    console.print(result)
+
+
+@segment_app.command("delete")
+def segment_delete(ctx: typer.Context, workspace: str, key: str) -> None:
+    """Delete a segment and its memberships."""
+    with _engine(ctx) as engine:
+        if not engine.segments.delete(_workspace_id(engine, workspace), key):
+            err.print(f"[red]no segment {key!r}[/red]")
+            raise typer.Exit(1)
+    console.print(f"deleted {key}")
+
+
+@segment_app.command("members")
+def segment_members(
+    ctx: typer.Context,
+    workspace: str,
+    key: str,
+    csv_out: Annotated[
+        Path | None, typer.Option("--csv", help="Write all members to a CSV file")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="How many to print")] = 20,
+) -> None:
+    """Print members, or export them all as CSV."""
+    import csv
+
+    with _engine(ctx) as engine:
+        ws = _workspace_id(engine, workspace)
+        if engine.segments.get(ws, key) is None:
+            err.print(f"[red]no segment {key!r}[/red]")
+            raise typer.Exit(1)
+        if csv_out is None:
+            page, _ = engine.segments.members(ws, key, None, limit)
+            for m in page:
+                typer.echo(orjson.dumps(m).decode())
+            return
+        n, after = 0, None
+        with csv_out.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["profile_id", "since"])
+            while True:
+                page, after = engine.segments.members(ws, key, after, 1000)
+                writer.writerows([m["profileId"], m["since"]] for m in page)
+                n += len(page)
+                if after is None:
+                    break
+    console.print(f"{n} members written to {csv_out}")
+
+
+@segment_app.command("rfm")
+def segment_rfm(
+    ctx: typer.Context,
+    workspace: str,
+    reference_date: Annotated[str | None, typer.Option(help="ISO date; default now")] = None,
+) -> None:
+    """Recompute RFM scores and groups."""
+    from sartor.collect.messages import parse_timestamp
+
+    with _engine(ctx) as engine:
+        sizes = engine.segments.run_rfm(
+            _workspace_id(engine, workspace), parse_timestamp(reference_date)
+        )
+    table = Table("group", "customers")
+    for group, n in sorted(sizes.items(), key=lambda kv: -kv[1]):
+        table.add_row(group, str(n))
+    console.print(table)
 
 
 @app.command()

@@ -25,9 +25,9 @@ from sartor.bus.broadcast import Broadcaster
 from sartor.bus.inprocess import InProcessBus
 from sartor.clock import iso
 from sartor.collect.errors import FieldError, PayloadError, RateLimited
-from sartor.collect.ingest import Outcome
+from sartor.collect.ingest import Outcome, profile_id_for
 from sartor.collect.messages import MESSAGE_TYPES, find_nul, parse_timestamp
-from sartor.collect.prepare import MAX_BATCH_ITEMS, PreparedEvent, prepare
+from sartor.collect.prepare import MAX_BATCH_ITEMS, MAX_EVENT_BYTES, PreparedEvent, prepare
 from sartor.collect.ratelimit import RateLimiter
 from sartor.collect.writer import GroupCommitWriter
 from sartor.config import Settings, get_settings
@@ -297,6 +297,7 @@ class Engine:
         batch_integrations: dict[str, Any] | None = None,
         batch_sent_at: int | None = None,
         received_at: int | None = None,
+        max_event_bytes: int = MAX_EVENT_BYTES,
     ) -> tuple[Workspace, list[PreparedEvent], list[FieldError]]:
         """Validate and normalize items (no I/O); bad items come back as errors."""
         ws = self.workspace(ref)
@@ -328,6 +329,7 @@ class Engine:
                         batch_context=batch_context,
                         batch_integrations=batch_integrations,
                         batch_sent_at=batch_sent_at,
+                        max_event_bytes=max_event_bytes,
                     )
                 )
             except FieldError as exc:
@@ -354,24 +356,29 @@ class Engine:
             }
             metrics.EVENTS_REJECTED.labels(str(exc.status)).inc()
         dropped: Tally[str] = Tally()
+        accepted: Tally[str] = Tally()  # metrics are counted here, then added once per label
         types = {p.index: p.type for p in prepared}
         for o in outcomes:
             item: dict[str, Any] = {"index": o.index, "messageId": o.message_id, "status": o.status}
             if o.status == "stored":
                 result.stored += 1
-                metrics.EVENTS_ACCEPTED.labels(types[o.index]).inc()
+                accepted[types[o.index]] += 1
             elif o.status == "duplicate":
                 result.duplicates += 1
-                metrics.EVENTS_DUPLICATE.inc()
             elif o.status == "dropped":
                 item["reason"] = o.reason
                 dropped[o.reason or "unknown"] += 1
-                metrics.EVENTS_DROPPED.labels(o.reason or "unknown").inc()
             else:
                 item.update(field=o.field, message=o.reason)
                 result.errors.append({"index": o.index, "field": o.field, "message": o.reason})
                 metrics.EVENTS_REJECTED.labels("400").inc()
             by_index[o.index] = item
+        for msg_type, count in accepted.items():
+            metrics.EVENTS_ACCEPTED.labels(msg_type).inc(count)
+        if result.duplicates:
+            metrics.EVENTS_DUPLICATE.inc(result.duplicates)
+        for reason, count in dropped.items():
+            metrics.EVENTS_DROPPED.labels(reason).inc(count)
         result.dropped = dict(dropped)
         result.items = [by_index[i] for i in sorted(by_index)]
         return result
@@ -482,11 +489,24 @@ class Engine:
         """Remove everything held about a person (events, identities, profile, hot state,
         bus entries) and suppress their later events."""
         ws = self.workspace(ref)
+        lookup = self._lookup_id(ws, any_id)
         with db.write_tx(self.db) as conn:
-            pids = erasure.find_profiles(conn, ws.id, self._lookup_id(ws, any_id))
-            counts = erasure.erase_user(conn, ws.id, any_id, self.settings.secret_key)
-            counts["memberships"] = self.segments.erase(conn, ws.id, pids)
-        for pid in pids:
+            pids = erasure.find_profiles(conn, ws.id, lookup)
+            # A profile merged into these earlier (anonymous, then identified) left hot state,
+            # bus entries and memberships under its own id, which is derived from one of the
+            # identities it brought along: erase under those ids too.
+            key = derive_key(self.settings.secret_key, ws.id, "profile")
+            traces = sorted(
+                set(pids)
+                | {
+                    profile_id_for(key, link["kind"], link["value"])
+                    for pid in pids
+                    for link in profile_store.identities_of(conn, ws.id, pid)
+                }
+            )
+            counts = erasure.erase_user(conn, ws.id, lookup, self.settings.secret_key)
+            counts["memberships"] = self.segments.erase(conn, ws.id, traces)
+        for pid in traces:
             self.hot.erase(ws.id, pid)
             if self.redis is not None:
                 counts["bus_entries"] = counts.get("bus_entries", 0) + redis_streams.erase_profile(
@@ -602,7 +622,20 @@ class Engine:
         field_name = (
             "anonymousId" if "anonymous_id" in kinds and "user_id" not in kinds else "userId"
         )
-        result = self.ingest(ws, [{field_name: any_id, "traits": traits}], implied_type="identify")
+        value = any_id
+        pids = [] if kinds else self._profile_ids(ws, any_id)
+        if pids:
+            # An email, its hash or a profile id: send the identify under an id the profile
+            # has, not as a new userId (which would start another profile).
+            with self.db.connect() as conn:
+                own: dict[str, str] = {}
+                for link in profile_store.identities_of(conn, ws.id, pids[0]):
+                    own.setdefault(link["kind"], link["value"])
+            if "user_id" in own:
+                value = own["user_id"]
+            elif "anonymous_id" in own:
+                field_name, value = "anonymousId", own["anonymous_id"]
+        result = self.ingest(ws, [{field_name: value, "traits": traits}], implied_type="identify")
         if result.errors:
             raise PayloadError(
                 400,

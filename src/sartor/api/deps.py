@@ -18,7 +18,8 @@ from sartor.engine import Engine
 from sartor.workspace import Workspace
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
+    # async: FastAPI would run a plain function in its thread pool, a thread hop per request
     engine: Engine = request.app.state.engine
     return engine
 

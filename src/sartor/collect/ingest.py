@@ -193,7 +193,7 @@ def _load(conn: Connection, ws: str, evs: list[PreparedEvent], key: bytes) -> _I
                     identities.c.kind == kind,
                     identities.c.value.in_(part),
                 )
-            )
+            ).all()  # all(): one fetchall, not a fetchone per row
             for value, pid in rows:
                 ids.links[(kind, value)] = pid
     pids = sorted(set(ids.links.values()))
@@ -202,7 +202,7 @@ def _load(conn: Connection, ws: str, evs: list[PreparedEvent], key: bytes) -> _I
             select(profiles.c.profile_id, profiles.c.consent).where(
                 profiles.c.workspace_id == ws, profiles.c.profile_id.in_(part)
             )
-        ):
+        ).all():
             ids.consent[pid] = consent or {}
             ids.existing_profiles.add(pid)
         for value, pid in conn.execute(
@@ -211,7 +211,7 @@ def _load(conn: Connection, ws: str, evs: list[PreparedEvent], key: bytes) -> _I
                 identities.c.kind == USER,
                 identities.c.profile_id.in_(part),
             )
-        ):
+        ).all():
             ids.users[pid].add(value)
     return ids
 
@@ -224,9 +224,16 @@ def _existing_message_ids(conn: Connection, ws: str, message_ids: list[str]) -> 
                 select(events.c.message_id).where(
                     events.c.workspace_id == ws, events.c.message_id.in_(part)
                 )
-            ).scalars()
+            )
+            .scalars()
+            .all()
         )
     return found
+
+
+def _has_suppressions(conn: Connection, ws: str) -> bool:
+    query = select(suppressions.c.id_hash).where(suppressions.c.workspace_id == ws).limit(1)
+    return conn.execute(query).first() is not None
 
 
 def _suppressed(conn: Connection, ws: str, hashes: list[str]) -> set[str]:
@@ -252,9 +259,12 @@ def store_events(
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_LOG_LOCK})
     seen = _existing_message_ids(conn, ws, [e.message_id for e in evs])
-    all_ids = sorted({i for e in evs for i in e.ids})
-    hashes = suppression_hashes(secret, ws, all_ids)
-    suppressed = _suppressed(conn, ws, list(hashes.values()))
+    hashes: dict[str, str] = {}
+    suppressed: set[str] = set()
+    if _has_suppressions(conn, ws):  # most workspaces have erased no one: skip the hashing
+        all_ids = sorted({i for e in evs for i in e.ids})
+        hashes = suppression_hashes(secret, ws, all_ids)
+        suppressed = _suppressed(conn, ws, list(hashes.values()))
     ids = _load(conn, ws, evs, derive_key(secret, ws, "profile"))
     now = now_ms()
 

@@ -101,15 +101,22 @@ def prepare(
     batch_context: dict[str, Any] | None = None,
     batch_integrations: dict[str, Any] | None = None,
     batch_sent_at: int | None = None,
+    max_event_bytes: int = MAX_EVENT_BYTES,
 ) -> PreparedEvent:
-    """Validate and normalize one item; raises :class:`FieldError` naming the bad field."""
-    if isinstance(raw, dict) and len(orjson.dumps(raw)) > MAX_EVENT_BYTES:
+    """Validate and normalize one item; raises :class:`FieldError` naming the bad field.
+
+    ``max_event_bytes`` is Segment's 32 KB at the API; trusted imports may raise it (a
+    1,000-line invoice is one real order)."""
+    encoded = orjson.dumps(raw) if isinstance(raw, dict) else None
+    if encoded is not None and len(encoded) > max_event_bytes:
         raise FieldError(
-            prefix or "body", f"event is larger than {MAX_EVENT_BYTES} bytes", status=413
+            prefix or "body", f"event is larger than {max_event_bytes} bytes", status=413
         )
     msg = validate_message(raw, prefix)
     p = f"{prefix}." if prefix else ""
-    nul = find_nul(raw, prefix)
+    # JSON escapes NUL as \u0000 in keys and strings alike: walk the item for its path only
+    # when the encoding has one (or a literal backslash-u0000, which the walk then clears).
+    nul = find_nul(raw, prefix) if encoded is None or b"\\u0000" in encoded else None
     if nul:
         raise FieldError(nul, "must not contain the NUL character (\\u0000)")
     msg_type = implied_type or msg.type

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -52,6 +53,13 @@ def truncate_ip(ip: Any) -> str | None:
     """IPv4 without its last octet (``1.2.3.0``), IPv6 kept to its /48; None if not an IP."""
     if not isinstance(ip, str):
         return None
+    return _truncate_ip(ip)
+
+
+@functools.lru_cache(maxsize=8192)
+def _truncate_ip(ip: str) -> str | None:
+    # Cached: a visitor's IP repeats on every event of their session, and parsing it with
+    # ipaddress costs more than the rest of the location policy.
     try:
         addr = ipaddress.ip_address(ip.strip())
     except ValueError:

@@ -32,6 +32,8 @@ VIEW, ADD, CHECKOUT, ORDER, REFUND = (
     "Order Refunded",
 )
 ACTIONS = {VIEW: "viewed", ADD: "added", ORDER: "bought"}
+# Written by Sartor itself (segment transitions): not the person's behaviour.
+SYSTEM_EVENTS = frozenset({"Segment Entered", "Segment Exited"})
 PRICE_BIN = math.log(1.05)  # 5%-wide price bins
 
 
@@ -242,6 +244,8 @@ def _render_trait(doc: Doc, key: str) -> None:
 def fold(doc: Doc, event: Mapping[str, Any], config: ProfileConfig) -> Doc:
     """The profile with one more event. ``event`` is a stored event row (``seq``,
     ``message_id``, ``type``, ``event``, ``timestamp``, ``payload``)."""
+    if event["event"] in SYSTEM_EVENTS and event["type"] == "track":
+        return doc
     doc = {**doc}
     ts: int = event["timestamp"]
     mid: str = event["message_id"]

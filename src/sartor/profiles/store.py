@@ -6,7 +6,7 @@ import statistics
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 
 from sartor.clock import now_ms
 from sartor.profiles.folds import Doc, empty
@@ -80,6 +80,40 @@ def save(conn: Connection, workspace_id: str, pid: str, doc: Doc, last_seq: int)
             updated_at=now_ms(),
         )
     )
+
+
+_SAVE_MANY = (
+    update(profiles)
+    .where(
+        profiles.c.workspace_id == bindparam("b_ws"), profiles.c.profile_id == bindparam("b_pid")
+    )
+    .values(
+        computed=bindparam("b_computed", type_=profiles.c.computed.type),
+        traits=bindparam("b_traits", type_=profiles.c.traits.type),
+        last_seq=bindparam("b_last_seq", type_=profiles.c.last_seq.type),
+        version=profiles.c.version + 1,
+        updated_at=bindparam("b_now", type_=profiles.c.updated_at.type),
+    )
+)
+
+
+def save_many(conn: Connection, workspace_id: str, saves: Sequence[tuple[str, Doc, int]]) -> None:
+    """``save`` for several ``(profile, doc, last_seq)`` in one executemany (pipelined on
+    PostgreSQL: one round trip instead of one per profile)."""
+    now = now_ms()
+    rows = [
+        {
+            "b_ws": workspace_id,
+            "b_pid": pid,
+            "b_computed": {k: v for k, v in doc.items() if k != "traits"},
+            "b_traits": doc["traits"],
+            "b_last_seq": last_seq,
+            "b_now": now,
+        }
+        for pid, doc, last_seq in saves
+    ]
+    if rows:
+        conn.execute(_SAVE_MANY, rows)
 
 
 def get_checkpoint(conn: Connection, name: str) -> int:

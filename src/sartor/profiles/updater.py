@@ -22,7 +22,7 @@ from sqlalchemy import Engine, update
 
 from sartor.clock import now_ms
 from sartor.profiles import store
-from sartor.profiles.folds import Doc, ProfileConfig, fold, view
+from sartor.profiles.folds import SYSTEM_EVENTS, Doc, ProfileConfig, fold, view
 from sartor.profiles.hot import HotState, InProcessHotState
 from sartor.storage.db import write_tx
 from sartor.storage.sql import chunks
@@ -113,10 +113,18 @@ class ProfileUpdater:
                 docs[pid] = fold(docs[pid], ev._asdict(), self.config)
                 tops[pid] = ev.seq
                 folded[pid].append(ev)
+            store.save_many(conn, ws, [(pid, docs[pid], tops[pid]) for pid in folded])
             for pid, evs in folded.items():
-                store.save(conn, ws, pid, docs[pid], tops[pid])
-                stamps = [(e.message_id, e.timestamp) for e in evs if e.type in INTERACTIONS]
-                change = ProfileChange(ws, pid, tops[pid], len(evs))
+                stamps = [  # the person's interactions, for the hot window (not transitions)
+                    (e.message_id, e.timestamp)
+                    for e in evs
+                    if e.type in INTERACTIONS
+                    and not (e.type == "track" and e.event in SYSTEM_EVENTS)
+                ]
+                # Segment transitions written by Sartor are not behaviour: a batch of only
+                # those moves the watermark but does not trigger segment evaluation again.
+                behaviour = [e for e in evs if not (e.type == "track" and e.event in SYSTEM_EVENTS)]
+                change = ProfileChange(ws, pid, tops[pid], len(behaviour))
                 change.data = {"_doc": docs[pid], "_stamps": stamps}
                 out.append(change)
         return out

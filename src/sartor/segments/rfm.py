@@ -1,10 +1,10 @@
 """RFM scoring: recency, frequency and monetary value in quantile scores, and the standard
 named groups.
 
-Scores follow the usual pandas recipe: rank each measure (ties broken by order of
-appearance), cut the ranks into ``n_quantiles`` equal-sized bins, score 1 (worst) to
-``n_quantiles`` (best); for recency fewer days is better. Groups come from the R and F
-scores (on a 1-5 scale):
+Scores follow the usual pandas recipe: rank each measure (ties broken by customer key, so
+the result does not depend on row order), cut the ranks into ``n_quantiles`` equal-sized
+bins, score 1 (worst) to ``n_quantiles`` (best); for recency fewer days is better.
+Groups come from the R and F scores (on a 1-5 scale):
 
 | R \\ F | 1 | 2 | 3 | 4 | 5 |
 | --- | --- | --- | --- | --- | --- |
@@ -84,7 +84,7 @@ class RFM(BaseEstimator):
             raise ValueError(f"RFM.fit needs columns {sorted(missing)}")
         if self.n_quantiles != 5:
             raise ValueError("the named groups are defined on 1-5 scores; use n_quantiles=5")
-        data = X[(X["frequency"] > 0) & X["recency_days"].notna()]
+        data = X[(X["frequency"] > 0) & X["recency_days"].notna()].sort_index()
         scores = pd.DataFrame(index=data.index)
         if len(data):
             scores["R"] = quantile_scores(data["recency_days"], 5, higher_is_better=False)

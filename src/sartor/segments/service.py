@@ -514,12 +514,17 @@ class Segments:
     # -- RFM ------------------------------------------------------------------------------
 
     def rfm_frame(self, ws: str, now: int | None = None) -> pd.DataFrame:
-        """Recency (days), frequency and net monetary value of every profile."""
+        """Recency (days), frequency and net monetary value of every identified profile."""
         now = now if now is not None else now_ms()
         rows: list[dict[str, Any]] = []
         with self.db.connect() as conn:
+            # Customers are identified people: a guest checkout's one-off anonymous profile
+            # would count as a new customer each time.
+            identified = select(identities.c.profile_id).where(
+                identities.c.workspace_id == ws, identities.c.kind == "user_id"
+            )
             query = select(profiles.c.profile_id, profiles.c.computed).where(
-                profiles.c.workspace_id == ws
+                profiles.c.workspace_id == ws, profiles.c.profile_id.in_(identified)
             )
             for pid, computed in conn.execute(query.execution_options(yield_per=5000)):
                 c = computed or {}
@@ -529,7 +534,8 @@ class Segments:
                         "profile_id": pid,
                         "recency_days": (now - last) / 86_400_000 if last is not None else None,
                         "frequency": c.get("orders", 0),
-                        "monetary": c.get("revenue", 0.0) - c.get("refunded", 0.0),
+                        # In cents: float sums in another order must not reorder ties.
+                        "monetary": round(c.get("revenue", 0.0) - c.get("refunded", 0.0), 2),
                     }
                 )
         frame = pd.DataFrame(rows, columns=["profile_id", "recency_days", "frequency", "monetary"])
