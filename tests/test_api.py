@@ -38,7 +38,9 @@ def test_write_key_as_basic_user_or_in_body(client, workspace, path: str) -> Non
     assert client.post(path, json=body, auth=(key, "")).status_code == 200
     assert client.post(path, json={**body, "writeKey": key}).status_code == 200
     basic = base64.b64encode(f"{key}:".encode()).decode()
-    assert client.post(path, json=body, headers={"Authorization": f"Basic {basic}"}).status_code == 200
+    assert (
+        client.post(path, json=body, headers={"Authorization": f"Basic {basic}"}).status_code == 200
+    )
 
 
 @pytest.mark.parametrize("path", [*WRITE_PATHS, "/v1/batch"])
@@ -66,7 +68,10 @@ def test_read_and_admin_endpoints_check_key_kind(client, workspace, method: str,
     kw: dict[str, Any] = {"json": {}} if method == "PATCH" else {}
     assert client.request(method, path, **kw).status_code == 401
     assert client.request(method, path, headers=bearer("sk_r_unknown"), **kw).status_code == 401
-    assert client.request(method, path, headers=bearer(workspace.keys["write"]), **kw).status_code == 403
+    assert (
+        client.request(method, path, headers=bearer(workspace.keys["write"]), **kw).status_code
+        == 403
+    )
     read = client.request(method, path, headers=bearer(workspace.keys["read"]), **kw).status_code
     admin = client.request(method, path, headers=bearer(workspace.keys["admin"]), **kw).status_code
     if (method, path) in READ_ENDPOINTS:
@@ -86,8 +91,11 @@ def test_workspace_isolation_on_every_endpoint(client, engine: Engine) -> None: 
 
     for path in WRITE_PATHS:  # A's writes land in A only, even with B's ids
         assert client.post(path, json=_msg(path), auth=(a.keys["write"], "")).status_code == 200
-    r = client.post("/v1/batch", auth=(a.keys["write"], ""),
-                    json={"batch": [dict(_msg("/v1/track"), type="track")]})
+    r = client.post(
+        "/v1/batch",
+        auth=(a.keys["write"], ""),
+        json={"batch": [dict(_msg("/v1/track"), type="track")]},
+    )
     assert r.status_code == 200
     assert client.get("/v1/events", headers=bearer(a.keys["read"])).json()["events"]
     a_events = client.get("/v1/events?limit=1000", headers=bearer(a.keys["read"])).json()["events"]
@@ -101,8 +109,9 @@ def test_workspace_isolation_on_every_endpoint(client, engine: Engine) -> None: 
     assert client.delete("/v1/users/u1", headers=bearer(a.keys["admin"])).status_code == 200
     assert engine.events(b.workspace, limit=1000) == before
     # A's settings change does not touch B.
-    r = client.patch("/v1/workspace/settings", headers=bearer(a.keys["admin"]),
-                     json={"consent_mode": "opt_in"})
+    r = client.patch(
+        "/v1/workspace/settings", headers=bearer(a.keys["admin"]), json={"consent_mode": "opt_in"}
+    )
     assert r.status_code == 200
     assert engine.workspace(b.workspace.id).settings.consent_mode == "opt_out"
     # B's keys never see A's data either.
@@ -110,12 +119,17 @@ def test_workspace_isolation_on_every_endpoint(client, engine: Engine) -> None: 
     assert {e["messageId"] for e in b_read} == b_ids
 
 
-def test_erasure_leaves_no_row_with_the_ids_and_suppresses_later_events(client, engine: Engine, workspace) -> None:  # type: ignore[no-untyped-def]
+def test_erasure_leaves_no_row_with_the_ids_and_suppresses_later_events(
+    client, engine: Engine, workspace
+) -> None:  # type: ignore[no-untyped-def]
     ws, keys = workspace.workspace, workspace.keys
     w = (keys["write"], "")
     client.post("/v1/page", auth=w, json={"anonymousId": "anon-e", "name": "Home"})
-    client.post("/v1/identify", auth=w, json={"anonymousId": "anon-e", "userId": "user-e",
-                                              "traits": {"email": "e@x.org"}})
+    client.post(
+        "/v1/identify",
+        auth=w,
+        json={"anonymousId": "anon-e", "userId": "user-e", "traits": {"email": "e@x.org"}},
+    )
     client.post("/v1/track", auth=w, json={"userId": "user-e", "event": "Order Completed"})
     client.post("/v1/alias", auth=w, json={"userId": "user-e", "previousId": "old-e"})
     client.post("/v1/track", auth=w, json={"userId": "someone-else", "event": "Order Completed"})
@@ -123,7 +137,9 @@ def test_erasure_leaves_no_row_with_the_ids_and_suppresses_later_events(client, 
     export = client.get("/v1/users/user-e/export", headers=bearer(keys["admin"])).json()
     assert len(export["events"]) == 4
     assert {i["value"] for i in export["identities"] if i["kind"] != "email_hash"} == {
-        "anon-e", "user-e", "old-e"
+        "anon-e",
+        "user-e",
+        "old-e",
     }
     assert [i["kind"] for i in export["identities"]].count("email_hash") == 1
 
@@ -139,8 +155,10 @@ def test_erasure_leaves_no_row_with_the_ids_and_suppresses_later_events(client, 
                 assert value not in dump, f"{value} still in {table.name}"
         assert conn.execute(select(events).where(or_(events.c.user_id == "someone-else"))).first()
     # Later events with any of the ids are dropped, by reason, and stored nowhere.
-    for body in ({"anonymousId": "anon-e", "event": "Product Viewed"},
-                 {"userId": "old-e", "event": "Product Viewed"}):
+    for body in (
+        {"anonymousId": "anon-e", "event": "Product Viewed"},
+        {"userId": "old-e", "event": "Product Viewed"},
+    ):
         r = client.post("/v1/track", auth=w, json=body)
         assert r.status_code == 200 and r.json()["status"] == "dropped"
         assert r.json()["reason"] == "suppressed"
@@ -165,11 +183,19 @@ def test_size_limits(client, workspace) -> None:  # type: ignore[no-untyped-def]
     assert client.post("/v1/batch", auth=w, json=huge).status_code == 413
     # A gzip body inflating past the limit is refused too (no decompression bomb).
     bomb = gzip.compress(b'{"batch": [' + b" " * 600_000 + b"]}")
-    r = client.post("/v1/batch", auth=w, content=bomb,
-                    headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
+    r = client.post(
+        "/v1/batch",
+        auth=w,
+        content=bomb,
+        headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+    )
     assert r.status_code == 413
-    r = client.post("/v1/batch", auth=w, content=gzip.compress(orjson.dumps({"batch": [ok]})),
-                    headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
+    r = client.post(
+        "/v1/batch",
+        auth=w,
+        content=gzip.compress(orjson.dumps({"batch": [ok]})),
+        headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+    )
     assert r.status_code == 200 and r.json()["stored"] == 1
 
 
@@ -183,36 +209,55 @@ def test_message_id_rules_and_idempotence(client, engine: Engine, workspace) -> 
     for _ in range(3):
         r = client.post("/v1/track", auth=w, json={"userId": "u", "event": "x", "messageId": "dup"})
         assert r.status_code == 200
-    r = client.post("/v1/batch", auth=w, json={"batch": [
-        {"type": "track", "userId": "u", "event": "x", "messageId": "dup"},
-        {"type": "track", "userId": "u", "event": "x", "messageId": "in-batch"},
-        {"type": "track", "userId": "u", "event": "x", "messageId": "in-batch"},
-    ]})
+    r = client.post(
+        "/v1/batch",
+        auth=w,
+        json={
+            "batch": [
+                {"type": "track", "userId": "u", "event": "x", "messageId": "dup"},
+                {"type": "track", "userId": "u", "event": "x", "messageId": "in-batch"},
+                {"type": "track", "userId": "u", "event": "x", "messageId": "in-batch"},
+            ]
+        },
+    )
     assert r.json()["duplicates"] == 2 and r.json()["stored"] == 1
     ids = [e["messageId"] for e in engine.events(workspace.workspace)]
     assert sorted(ids) == sorted([generated, "dup", "in-batch"])
 
 
-def test_batch_reports_bad_items_by_index_and_keeps_the_good(client, engine: Engine, workspace) -> None:  # type: ignore[no-untyped-def]
+def test_batch_reports_bad_items_by_index_and_keeps_the_good(
+    client, engine: Engine, workspace
+) -> None:  # type: ignore[no-untyped-def]
     w = (workspace.keys["write"], "")
-    r = client.post("/v1/batch", auth=w, json={
-        "context": {"library": {"name": "test-lib"}},
-        "sentAt": "2026-01-01T00:00:10Z",
-        "batch": [
-            {"type": "track", "userId": "u", "event": "purchase", "properties": {"value": 3}},
-            {"type": "track", "userId": "u"},
-            "not an object",
-            {"type": "bogus", "userId": "u"},
-            {"type": "page", "anonymousId": "a", "name": "Home",
-             "originalTimestamp": "2026-01-01T00:00:00Z"},
-            {"type": "track", "event": "x"},
-        ],
-    })
+    r = client.post(
+        "/v1/batch",
+        auth=w,
+        json={
+            "context": {"library": {"name": "test-lib"}},
+            "sentAt": "2026-01-01T00:00:10Z",
+            "batch": [
+                {"type": "track", "userId": "u", "event": "purchase", "properties": {"value": 3}},
+                {"type": "track", "userId": "u"},
+                "not an object",
+                {"type": "bogus", "userId": "u"},
+                {
+                    "type": "page",
+                    "anonymousId": "a",
+                    "name": "Home",
+                    "originalTimestamp": "2026-01-01T00:00:00Z",
+                },
+                {"type": "track", "event": "x"},
+            ],
+        },
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["stored"] == 2
     assert {(e["index"], e["field"]) for e in body["errors"]} == {
-        (1, "batch[1].event"), (2, "batch[2]"), (3, "batch[3].type"), (5, "batch[5].userId"),
+        (1, "batch[1].event"),
+        (2, "batch[2]"),
+        (3, "batch[3].type"),
+        (5, "batch[5].userId"),
     }
     stored = engine.events(workspace.workspace)
     assert [e["context"]["library"]["name"] for e in stored] == ["test-lib", "test-lib"]
@@ -245,8 +290,11 @@ def test_errors_are_json_with_fields_and_never_500(client, workspace) -> None:  
     assert r.status_code == 400
     r = client.post("/v1/track", headers={"Authorization": "Basic !!!"}, json={})
     assert r.status_code == 401
-    r = client.patch("/v1/workspace/settings", headers=bearer(workspace.keys["admin"]),
-                     json={"consent_mode": "sometimes"})
+    r = client.patch(
+        "/v1/workspace/settings",
+        headers=bearer(workspace.keys["admin"]),
+        json={"consent_mode": "sometimes"},
+    )
     assert r.status_code == 400 and r.json()["errors"][0]["field"] == "consent_mode"
 
 
@@ -258,8 +306,12 @@ def test_operations_endpoints(client, workspace) -> None:  # type: ignore[no-unt
     assert client.get("/docs").status_code == 200
     client.post("/v1/track", auth=(workspace.keys["write"], ""), json={"userId": "u"})
     text_ = client.get("/metrics").text
-    for name in ("sartor_events_accepted_total", "sartor_events_rejected_total",
-                 "sartor_events_dropped_total", "sartor_http_request_duration_seconds_bucket"):
+    for name in (
+        "sartor_events_accepted_total",
+        "sartor_events_rejected_total",
+        "sartor_events_dropped_total",
+        "sartor_http_request_duration_seconds_bucket",
+    ):
         assert name in text_
     assert 'route="/v1/track"' in text_
 

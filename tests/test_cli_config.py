@@ -22,7 +22,9 @@ def test_default_secret_is_refused_in_production() -> None:
     assert Settings().secret_key == DEV_SECRET  # dev keeps working with no setup
 
 
-def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_settings_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("SARTOR_HOME", str(tmp_path))
     monkeypatch.setenv("SARTOR_RATE_LIMIT_EVENTS_PER_SECOND", "123")
     s = Settings()

@@ -32,7 +32,10 @@ def test_newer_statement_wins_whatever_the_arrival_order() -> None:
 
 def test_statement_sources() -> None:
     ctx = {"consent": {"categoryPreferences": {"Analytics": True, "Advertising": False}}}
-    assert consent_statements(ctx, None, None, "x", CATS) == ({"analytics": True}, "context.consent")
+    assert consent_statements(ctx, None, None, "x", CATS) == (
+        {"analytics": True},
+        "context.consent",
+    )
     props = {"categoryPreferences": {"marketing": "granted"}}
     assert consent_statements(None, props, None, "Segment Consent Preference Updated", CATS) == (
         {"marketing": True},
@@ -43,7 +46,12 @@ def test_statement_sources() -> None:
         "traits.consent",
     )
     # `necessary` cannot be declined, and unknown or unparseable values are ignored.
-    assert consent_statements({"consent": {"categoryPreferences": {"necessary": False}}}, None, None, "x", CATS) is None
+    assert (
+        consent_statements(
+            {"consent": {"categoryPreferences": {"necessary": False}}}, None, None, "x", CATS
+        )
+        is None
+    )
 
 
 def test_ip_truncation_and_location_policy() -> None:
@@ -58,7 +66,9 @@ def test_ip_truncation_and_location_policy() -> None:
 
 
 def _behavioural(engine: Engine, ws, user: str) -> list[dict]:  # type: ignore[no-untyped-def]
-    return [e for e in engine.events(ws, user=user, limit=1000) if e["consentCategory"] != "necessary"]
+    return [
+        e for e in engine.events(ws, user=user, limit=1000) if e["consentCategory"] != "necessary"
+    ]
 
 
 def test_opt_in_stores_nothing_behavioural_until_granted_and_stops_after_revoke(
@@ -78,15 +88,20 @@ def test_opt_in_stores_nothing_behavioural_until_granted_and_stops_after_revoke(
     # Grant analytics through Segment's consent context on an ordinary event: that event is
     # already allowed, because consent is applied before the gate.
     grant = {"consent": {"categoryPreferences": {"analytics": True}}}
-    r = engine.track(ws, "Product Viewed", anonymous_id=user, context=grant,
-                     properties={"product_id": "p"})
+    r = engine.track(
+        ws, "Product Viewed", anonymous_id=user, context=grant, properties={"product_id": "p"}
+    )
     assert r.stored == 1
     engine.track(ws, "Product Added", anonymous_id=user, properties={"product_id": "p"})
     assert len(_behavioural(engine, ws, user)) == 2
 
     # Revoke with a consent event: it is stored (necessary), the next behaviour is not.
-    r = engine.track(ws, "Segment Consent Preference Updated", anonymous_id=user,
-                     properties={"categoryPreferences": {"analytics": False}})
+    r = engine.track(
+        ws,
+        "Segment Consent Preference Updated",
+        anonymous_id=user,
+        properties={"categoryPreferences": {"analytics": False}},
+    )
     assert r.stored == 1
     r = engine.track(ws, "Product Viewed", anonymous_id=user, properties={"product_id": "q"})
     assert r.dropped == {"consent": 1}
@@ -99,7 +114,12 @@ def test_opt_in_stores_nothing_behavioural_until_granted_and_stops_after_revoke(
 def test_opt_in_user_who_never_granted_has_zero_events(engine: Engine) -> None:
     ws = engine.create_workspace("strict2", consent_mode="opt_in").workspace
     batch = [
-        {"type": "track", "event": "Product Viewed", "userId": "never", "properties": {"product_id": str(i)}}
+        {
+            "type": "track",
+            "event": "Product Viewed",
+            "userId": "never",
+            "properties": {"product_id": str(i)},
+        }
         for i in range(20)
     ] + [{"type": "page", "userId": "never", "name": "Home"}]
     r = engine.ingest(ws, batch)
@@ -116,8 +136,11 @@ def test_opt_out_stores_until_declined(engine: Engine) -> None:
 
 def test_location_is_dropped_without_location_consent(engine: Engine) -> None:
     ws = engine.create_workspace("geo", consent_mode="opt_in").workspace
-    ctx = {"ip": "198.51.100.23", "location": {"city": "Oslo"},
-           "consent": {"categoryPreferences": {"analytics": True}}}
+    ctx = {
+        "ip": "198.51.100.23",
+        "location": {"city": "Oslo"},
+        "consent": {"categoryPreferences": {"analytics": True}},
+    }
     engine.track(ws, "Product Viewed", user_id="u", context=ctx, message_id="no-loc")
     ctx["consent"] = {"categoryPreferences": {"analytics": True, "location": True}}
     engine.track(ws, "Product Viewed", user_id="u", context=ctx, message_id="with-loc")
@@ -132,11 +155,13 @@ def test_dropped_events_are_counted_by_reason_in_the_response(client, engine: En
     r = client.post(
         "/v1/batch",
         auth=(created.keys["write"], ""),
-        json={"batch": [
-            {"type": "track", "event": "Product Viewed", "userId": "u1"},
-            {"type": "identify", "userId": "u1", "traits": {"plan": "pro"}},
-            {"type": "page", "userId": "u1"},
-        ]},
+        json={
+            "batch": [
+                {"type": "track", "event": "Product Viewed", "userId": "u1"},
+                {"type": "identify", "userId": "u1", "traits": {"plan": "pro"}},
+                {"type": "page", "userId": "u1"},
+            ]
+        },
     )
     assert r.status_code == 200
     body = r.json()

@@ -97,9 +97,7 @@ def test_identity_in_one_batch_matches_identity_across_batches(engine: Engine) -
     assert shape(one) == shape(many) == [("m0", 0), ("m1", 0), ("m2", 0), ("m3", 0)]
     with engine.db.connect() as conn:
         for ws in (one, many):
-            n = conn.execute(
-                select(identities).where(identities.c.workspace_id == ws.id)
-            ).all()
+            n = conn.execute(select(identities).where(identities.c.workspace_id == ws.id)).all()
             assert len(n) == 2
             pids = conn.execute(
                 select(events.c.profile_id).where(events.c.workspace_id == ws.id).distinct()

@@ -40,8 +40,15 @@ def test_ga4_items_become_segment_products() -> None:
             "value": "30.5",
             "currency": "EUR",
             "items": [
-                {"item_id": 7, "item_name": "Mug", "item_brand": "Acme", "price": "10.25",
-                 "quantity": "2", "item_category": "Home", "item_category2": "Kitchen"},
+                {
+                    "item_id": 7,
+                    "item_name": "Mug",
+                    "item_brand": "Acme",
+                    "price": "10.25",
+                    "quantity": "2",
+                    "item_category": "Home",
+                    "item_category2": "Kitchen",
+                },
             ],
         },
         "properties",
@@ -49,8 +56,14 @@ def test_ga4_items_become_segment_products() -> None:
     assert props["order_id"] == "991"
     assert props["total"] == props["revenue"] == 30.5
     assert props["products"] == [
-        {"product_id": "7", "name": "Mug", "brand": "Acme", "price": 10.25, "quantity": 2,
-         "category": "Home/Kitchen"}
+        {
+            "product_id": "7",
+            "name": "Mug",
+            "brand": "Acme",
+            "price": 10.25,
+            "quantity": 2,
+            "category": "Home/Kitchen",
+        }
     ]
 
 
@@ -151,8 +164,12 @@ def test_batch_context_merges_under_the_item() -> None:
 
 def _prep(raw: dict, settings: WorkspaceSettings | None = None):  # type: ignore[no-untyped-def]
     return prepare(
-        raw, index=0, prefix="batch[0]", settings=settings or WorkspaceSettings(),
-        pii_key=b"k", received_at=T0,
+        raw,
+        index=0,
+        prefix="batch[0]",
+        settings=settings or WorkspaceSettings(),
+        pii_key=b"k",
+        received_at=T0,
     )
 
 

@@ -32,7 +32,12 @@ def bearer(key: str) -> dict[str, str]:
 
 PROFILE = {
     "traits": {"plan": "pro", "country": "FR", "name": "Ann", "tags": ["vip", "beta"]},
-    "computed": {"orders": 4, "revenue": 250.0, "last_seen": NOW - 2 * DAY, "last_order_at": NOW - 100 * DAY},
+    "computed": {
+        "orders": 4,
+        "revenue": 250.0,
+        "last_seen": NOW - 2 * DAY,
+        "last_order_at": NOW - 100 * DAY,
+    },
 }
 
 
@@ -53,15 +58,36 @@ PROFILE = {
         ({"property": "traits.tags", "op": "contains", "value": "vip"}, True),
         ({"property": "traits.name", "op": "contains", "value": "nn"}, True),
         ({"property": "traits.name", "op": "starts_with", "value": "A"}, True),
-        ({"property": "traits.name", "op": "matches", "value": "^a", }, False),
+        (
+            {
+                "property": "traits.name",
+                "op": "matches",
+                "value": "^a",
+            },
+            False,
+        ),
         ({"property": "computed.last_seen", "op": "within_days", "value": 30}, True),
         ({"property": "computed.last_order_at", "op": "older_than_days", "value": 90}, True),
         ({"property": "traits.nothing", "op": "gt", "value": 1}, False),
         ({"property": "traits.nothing", "op": "not_equals", "value": 1}, True),
-        ({"and": [{"property": "traits.plan", "op": "equals", "value": "pro"},
-                  {"not": {"property": "computed.orders", "op": "lt", "value": 2}}]}, True),
-        ({"or": [{"property": "traits.plan", "op": "equals", "value": "free"},
-                 {"segment": "vip"}]}, True),
+        (
+            {
+                "and": [
+                    {"property": "traits.plan", "op": "equals", "value": "pro"},
+                    {"not": {"property": "computed.orders", "op": "lt", "value": 2}},
+                ]
+            },
+            True,
+        ),
+        (
+            {
+                "or": [
+                    {"property": "traits.plan", "op": "equals", "value": "free"},
+                    {"segment": "vip"},
+                ]
+            },
+            True,
+        ),
         ({"rfm": "Champions"}, False),
         ({"cluster": "x"}, False),
     ],
@@ -93,13 +119,26 @@ def test_invalid_rules_name_the_part(definition: Any, field: str) -> None:
 
 # -- the service and the API ----------------------------------------------------------------
 
+
 def _shop(engine: Engine, ws: Any, n: int = 30) -> None:
     items = []
     for i in range(n):
-        items.append({"type": "identify", "userId": f"u{i}", "traits": {"plan": "pro" if i % 3 == 0 else "free"}})
+        items.append(
+            {
+                "type": "identify",
+                "userId": f"u{i}",
+                "traits": {"plan": "pro" if i % 3 == 0 else "free"},
+            }
+        )
         for j in range(i % 4):
-            items.append({"type": "track", "userId": f"u{i}", "event": "Order Completed",
-                          "properties": {"total": 40 + 10 * j}})
+            items.append(
+                {
+                    "type": "track",
+                    "userId": f"u{i}",
+                    "event": "Order Completed",
+                    "properties": {"total": 40 + 10 * j},
+                }
+            )
     engine.ingest(ws, items)
     engine.updater.replay()
 
@@ -107,10 +146,19 @@ def _shop(engine: Engine, ws: Any, n: int = 30) -> None:
 def test_segment_api_crud_preview_members_and_csv(client, engine: Engine, workspace) -> None:  # type: ignore[no-untyped-def]
     ws, keys = workspace.workspace, workspace.keys
     _shop(engine, ws)
-    definition = {"and": [{"property": "traits.plan", "op": "equals", "value": "pro"},
-                          {"event": "Order Completed", "min_count": 2,
-                           "where": [{"property": "total", "op": "gte", "value": 50}]}]}
-    r = client.post("/v1/segments/preview", headers=bearer(keys["read"]), json={"definition": definition})
+    definition = {
+        "and": [
+            {"property": "traits.plan", "op": "equals", "value": "pro"},
+            {
+                "event": "Order Completed",
+                "min_count": 2,
+                "where": [{"property": "total", "op": "gte", "value": 50}],
+            },
+        ]
+    }
+    r = client.post(
+        "/v1/segments/preview", headers=bearer(keys["read"]), json={"definition": definition}
+    )
     assert r.status_code == 200
     # pro users are u0, u3, ..., u27; two orders of total >= 50 need i % 4 == 3.
     expected = {f"u{i}" for i in range(30) if i % 3 == 0 and i % 4 == 3}
@@ -125,8 +173,17 @@ def test_segment_api_crud_preview_members_and_csv(client, engine: Engine, worksp
     r = client.post("/v1/segments", headers=bearer(keys["admin"]), json=bad)
     assert r.status_code == 400 and r.json()["errors"][0]["field"] == "definition.value"
 
-    listed = {s["key"] for s in client.get("/v1/segments", headers=bearer(keys["read"])).json()["segments"]}
-    assert {"loyal-pros", "active", "lapsed-users", "frequent-buyers", "high-value-shoppers"} <= listed
+    listed = {
+        s["key"]
+        for s in client.get("/v1/segments", headers=bearer(keys["read"])).json()["segments"]
+    }
+    assert {
+        "loyal-pros",
+        "active",
+        "lapsed-users",
+        "frequent-buyers",
+        "high-value-shoppers",
+    } <= listed
 
     seen, cursor = [], None
     while True:
@@ -146,21 +203,30 @@ def test_segment_api_crud_preview_members_and_csv(client, engine: Engine, worksp
     narrower = dict(body, definition={"property": "traits.plan", "op": "equals", "value": "nobody"})
     r = client.put("/v1/segments/loyal-pros", headers=bearer(keys["admin"]), json=narrower)
     assert r.status_code == 200 and r.json()["size"] == 0
-    assert client.delete("/v1/segments/loyal-pros", headers=bearer(keys["admin"])).status_code == 200
+    assert (
+        client.delete("/v1/segments/loyal-pros", headers=bearer(keys["admin"])).status_code == 200
+    )
     assert client.get("/v1/segments/loyal-pros", headers=bearer(keys["read"])).status_code == 404
 
 
 def test_membership_changes_within_100ms_and_are_logged(client, engine: Engine, workspace) -> None:  # type: ignore[no-untyped-def]
     engine.start()
     ws, keys = workspace.workspace, workspace.keys
-    engine.segments.save(ws.id, "big-order", "Big order",
-                         {"event": "Order Completed", "where": [{"property": "total", "op": "gt", "value": 500}]})
+    engine.segments.save(
+        ws.id,
+        "big-order",
+        "Big order",
+        {"event": "Order Completed", "where": [{"property": "total", "op": "gt", "value": 500}]},
+    )
     latencies = []
     for i in range(5):
         user = f"fast-{i}"
         start = time.perf_counter()
-        client.post("/v1/track", auth=(keys["write"], ""),
-                    json={"userId": user, "event": "Order Completed", "properties": {"total": 900}})
+        client.post(
+            "/v1/track",
+            auth=(keys["write"], ""),
+            json={"userId": user, "event": "Order Completed", "properties": {"total": 900}},
+        )
         while time.perf_counter() - start < 5:
             profile = client.get(f"/v1/profiles/{user}", headers=bearer(keys["read"])).json()
             if "big-order" in profile.get("segments", []):
@@ -173,7 +239,9 @@ def test_membership_changes_within_100ms_and_are_logged(client, engine: Engine, 
     assert "Segment Entered" in names
 
 
-def test_a_lapsing_user_leaves_active_at_the_next_scheduled_evaluation(engine: Engine, workspace) -> None:  # type: ignore[no-untyped-def]
+def test_a_lapsing_user_leaves_active_at_the_next_scheduled_evaluation(
+    engine: Engine, workspace
+) -> None:  # type: ignore[no-untyped-def]
     ws = workspace.workspace
     now = int(time.time() * 1000)
     engine.track(ws, "Product Viewed", user_id="fading", timestamp=now - 29 * DAY)
@@ -199,6 +267,7 @@ def test_erasure_removes_memberships(engine: Engine, workspace) -> None:  # type
 
 # -- RFM against a separate pandas computation -------------------------------------------------
 
+
 def _retail_slice(rows: int = 25_000) -> pd.DataFrame:
     path = shared_data("online-retail") / "online_retail_2010-12-01_2011-12-09.csv.gz"
     with gzip.open(path, "rt", encoding="utf-8") as fh:
@@ -216,7 +285,9 @@ def test_rfm_matches_a_pandas_computation_on_online_retail(sqlite_engine: Engine
     ws = engine.create_workspace("retail").workspace
     messages = retail_messages(sample)
     for start in range(0, len(messages), 2000):
-        result = engine.ingest(ws, messages[start : start + 2000], max_event_bytes=IMPORT_EVENT_BYTES)
+        result = engine.ingest(
+            ws, messages[start : start + 2000], max_event_bytes=IMPORT_EVENT_BYTES
+        )
         assert not result.errors
     reference = int(datetime(2011, 12, 10, tzinfo=UTC).timestamp() * 1000)
     engine.segments.run_rfm(ws.id, reference)
@@ -227,11 +298,13 @@ def test_rfm_matches_a_pandas_computation_on_online_retail(sqlite_engine: Engine
     lines["amount"] = lines["Quantity"] * lines["UnitPrice"]
     lines["ts"] = pd.to_datetime(lines["InvoiceDate"]).dt.tz_localize("UTC")
     orders = lines[~lines["InvoiceNo"].str.startswith("C")]
-    per = pd.DataFrame({
-        "last": orders.groupby("customer")["ts"].max(),
-        "frequency": orders.groupby("customer")["InvoiceNo"].nunique(),
-        "monetary": lines.groupby("customer")["amount"].sum().round(2),
-    }).dropna(subset=["last"])
+    per = pd.DataFrame(
+        {
+            "last": orders.groupby("customer")["ts"].max(),
+            "frequency": orders.groupby("customer")["InvoiceNo"].nunique(),
+            "monetary": lines.groupby("customer")["amount"].sum().round(2),
+        }
+    ).dropna(subset=["last"])
     ref = pd.Timestamp(reference, unit="ms", tz="UTC")
     per["recency_days"] = (ref - per["last"]).dt.total_seconds() / 86_400
     per.index = [engine.profile(ws, c)["profileId"] for c in per.index]
@@ -239,7 +312,9 @@ def test_rfm_matches_a_pandas_computation_on_online_retail(sqlite_engine: Engine
     r = quantile_scores(per["recency_days"], 5, higher_is_better=False)
     f = quantile_scores(per["frequency"], 5)
     m = quantile_scores(per["monetary"], 5)
-    expected = {pid: (group_of(r[pid], f[pid]), int(r[pid]), int(f[pid]), int(m[pid])) for pid in per.index}
+    expected = {
+        pid: (group_of(r[pid], f[pid]), int(r[pid]), int(f[pid]), int(m[pid])) for pid in per.index
+    }
 
     got = {}
     for key in {f"rfm:{g}" for g, _, _, _ in expected.values()}:

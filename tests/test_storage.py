@@ -32,9 +32,18 @@ def test_migrate_is_idempotent(engine: Engine) -> None:
 def test_events_are_unique_per_workspace_and_message_id(engine: Engine) -> None:
     a = engine.create_workspace("a").workspace
     b = engine.create_workspace("b").workspace
-    row = {"message_id": "same", "type": "track", "event": "x", "category": "analytics",
-           "user_id": "u", "anonymous_id": None, "profile_id": "p_1", "timestamp": 1,
-           "received_at": 1, "payload": {}}
+    row = {
+        "message_id": "same",
+        "type": "track",
+        "event": "x",
+        "category": "analytics",
+        "user_id": "u",
+        "anonymous_id": None,
+        "profile_id": "p_1",
+        "timestamp": 1,
+        "received_at": 1,
+        "payload": {},
+    }
     with write_tx(engine.db) as conn:
         conn.execute(events.insert(), [dict(row, workspace_id=a.id), dict(row, workspace_id=b.id)])
     with pytest.raises(IntegrityError), write_tx(engine.db) as conn:
@@ -57,8 +66,13 @@ def test_json_payloads_round_trip(engine: Engine, workspace) -> None:  # type: i
 
 def test_a_large_group_commits_in_one_go(engine: Engine, workspace) -> None:  # type: ignore[no-untyped-def]
     items = [
-        {"type": "track", "event": "Product Viewed", "anonymousId": f"a{i % 700}",
-         "userId": f"u{i % 300}" if i % 3 == 0 else None, "messageId": f"m{i}"}
+        {
+            "type": "track",
+            "event": "Product Viewed",
+            "anonymousId": f"a{i % 700}",
+            "userId": f"u{i % 300}" if i % 3 == 0 else None,
+            "messageId": f"m{i}",
+        }
         for i in range(2500)
     ]
     result = engine.ingest(workspace.workspace, items)
