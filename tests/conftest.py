@@ -55,6 +55,34 @@ def require_postgres() -> None:
         pytest.skip(reason)
 
 
+REDIS_URL = os.environ.get("SARTOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+_REDIS_STATE: dict[str, str | None] = {}
+
+
+def _redis_reason() -> str | None:
+    try:
+        import redis
+
+        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3, socket_timeout=3)
+        client.ping()
+        client.close()
+        return None
+    except Exception as exc:  # any failure to reach the server
+        return f"Redis not reachable at {REDIS_URL}: {str(exc).splitlines()[0]}"
+
+
+def require_redis() -> str:
+    """The Redis URL; skip (or fail under CI) when Redis is not reachable."""
+    if "reason" not in _REDIS_STATE:
+        _REDIS_STATE["reason"] = _redis_reason()
+    reason = _REDIS_STATE["reason"]
+    if reason:
+        if CI:
+            pytest.fail(f"CI=true and {reason}")
+        pytest.skip(reason)
+    return REDIS_URL
+
+
 def _admin_engine():  # type: ignore[no-untyped-def]
     return create_engine(PG_URL, isolation_level="AUTOCOMMIT")
 

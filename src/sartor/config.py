@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     rfm_schedule_hours: float = Field(
         24.0, gt=0, description="How often RFM groups are recomputed."
     )
+    cluster_schedule_days: float = Field(
+        7.0, gt=0, description="How often behavioural clusters are recomputed."
+    )
     reconcile_seconds: float = Field(
         5.0, gt=0, description="How often the updater replays the log past its checkpoint."
     )

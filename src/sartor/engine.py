@@ -31,6 +31,7 @@ from sartor.collect.prepare import MAX_BATCH_ITEMS, MAX_EVENT_BYTES, PreparedEve
 from sartor.collect.ratelimit import RateLimiter
 from sartor.collect.writer import GroupCommitWriter
 from sartor.config import Settings, get_settings
+from sartor.experiments.service import Experiments
 from sartor.privacy import erasure
 from sartor.privacy.pii import HASH_PREFIX, derive_key, keyed_hash, normalize_pii
 from sartor.profiles import folds
@@ -118,6 +119,7 @@ class Engine:
             else InProcessBus(self.updater, settings.reconcile_seconds)
         )
         self.segments = Segments(self)
+        self.experiments = Experiments(self)
         self.updater.batch_listeners.append(self.segments.on_profile_changes)
         self.scheduler = Scheduler(self)
         self.writer = GroupCommitWriter(
@@ -154,8 +156,9 @@ class Engine:
 
     def close(self) -> None:
         self.scheduler.stop()
-        self.writer.close()
+        # The bus first: a fold in progress may still log segment transitions (an ingest).
         self.bus.stop()
+        self.writer.close()
         self.broadcaster.close()
         self.db.dispose()
 
@@ -504,8 +507,14 @@ class Engine:
                     for link in profile_store.identities_of(conn, ws.id, pid)
                 }
             )
+            # Before the identities go: sticky documents are found by hashes of the ids.
+            experiment_counts = self.experiments.erase(conn, ws.id, traces, [lookup])
             counts = erasure.erase_user(conn, ws.id, lookup, self.settings.secret_key)
+            counts.update(experiment_counts)
             counts["memberships"] = self.segments.erase(conn, ws.id, traces)
+            counts["cluster_assignments"] = self.segments.erase_cluster_assignments(
+                conn, ws.id, traces
+            )
         for pid in traces:
             self.hot.erase(ws.id, pid)
             if self.redis is not None:
@@ -598,12 +607,17 @@ class Engine:
             query = query.where(t.c.profile_id > after)
         for key, value in (traits or {}).items():
             query = query.where(t.c.traits[key].as_string() == value)
+        if traits:
+            # The filter reads stored traits: fold first what the bus has not folded yet.
+            self.updater.replay()
         with self.db.connect() as conn:
             rows = list(conn.execute(query.order_by(t.c.profile_id).limit(limit)))
         stale = [r.profile_id for r in rows if r.last_seq is None]
         if stale:
+            # Once: a profile without events (its only event refused by consent) stays NULL.
             self.updater.catch_up((ws.id, pid) for pid in stale)
-            return self.profiles(ref, after=after, limit=limit, traits=traits)
+            with self.db.connect() as conn:
+                rows = list(conn.execute(query.order_by(t.c.profile_id).limit(limit)))
         page = [self._render(ws, r.profile_id, r) for r in rows]
         return page, (rows[-1].profile_id if len(rows) == limit else None)
 

@@ -1,5 +1,6 @@
 """Periodic work of a running server: segment re-evaluation (lapsing users produce no event),
-daily size history, and RFM. Each job can also be run on demand."""
+daily size history, RFM, and weekly behavioural clusters. Each job can also be run on
+demand."""
 
 from __future__ import annotations
 
@@ -29,23 +30,33 @@ class Scheduler:
         due = {
             "segments": s.segment_schedule_minutes * 60,
             "rfm": s.rfm_schedule_hours * 3600,
+            # Checked hourly; each workspace is re-clustered when its newest stored run is
+            # older than the schedule, so restarts do not postpone the weekly run.
+            "clusters": min(s.cluster_schedule_days * 86400, 3600),
         }
         ran = []
         clock = time.monotonic()
         for job, every in due.items():
             if force or clock - self._last.get(job, -1e18) >= every:
                 self._last[job] = clock
-                self._run(job, now if now is not None else now_ms())
+                self._run(job, now if now is not None else now_ms(), force)
                 ran.append(job)
         return ran
 
-    def _run(self, job: str, now: int) -> None:
+    def _run(self, job: str, now: int, force: bool = False) -> None:
         for ws in self.engine.workspaces():
             try:
                 if job == "segments":
                     self.engine.segments.backfill(ws.id, now=now)
                 elif job == "rfm":
                     self.engine.segments.run_rfm(ws.id, now)
+                elif job == "clusters":
+                    from sartor.segments import clustering
+
+                    last = clustering.last_run_at(self.engine, ws.id)
+                    every = self.engine.settings.cluster_schedule_days * 86_400_000
+                    if force or last is None or now_ms() - last >= every:
+                        clustering.run_clustering(self.engine, ws.id, now=now)
             except Exception:
                 log.exception("scheduled %s failed", job, extra={"workspace": ws.id})
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import threading
 from typing import Any
 
 import orjson
 
 log = logging.getLogger("sartor.stream")
+
+OUTBOX_LIMIT = 100_000  # messages waiting for Redis before new ones are dropped
 
 
 class Broadcaster:
@@ -30,30 +33,64 @@ class Broadcaster:
         self._lock = threading.Lock()
         self._listener: threading.Thread | None = None
         self._pubsub: Any = None
+        self._outbox: queue.SimpleQueue[tuple[str, dict[str, Any]] | None] = queue.SimpleQueue()
+        self._sender: threading.Thread | None = None
+        self._closed = False
+        self.dropped = 0
 
     def publish(self, workspace_id: str, message: dict[str, Any]) -> None:
-        if self.redis is not None:
-            try:
-                self.redis.publish(self.channel + workspace_id, orjson.dumps(message))
-                return
-            except Exception:
-                log.warning("stream publish to Redis failed; delivering locally", exc_info=True)
-        self._deliver(workspace_id, message)
+        self.publish_many(workspace_id, [message])
 
     def publish_many(self, workspace_id: str, messages: list[dict[str, Any]]) -> None:
-        """Several messages, in order; with Redis in one round trip (a pipeline)."""
-        if self.redis is not None and messages:
-            try:
-                pipe = self.redis.pipeline(transaction=False)
-                channel = self.channel + workspace_id
-                for message in messages:
-                    pipe.publish(channel, orjson.dumps(message))
-                pipe.execute()
+        """Messages in order. With Redis they go to a sender thread that pipelines whatever
+        has queued: a publisher (the writer, a fold batch) never waits for Redis."""
+        if not messages:
+            return
+        if self.redis is None:
+            for message in messages:
+                self._deliver(workspace_id, message)
+            return
+        with self._lock:
+            if self._closed:
+                self._send([(workspace_id, m) for m in messages])
                 return
-            except Exception:
-                log.warning("stream publish to Redis failed; delivering locally", exc_info=True)
+            if self._sender is None:
+                self._sender = threading.Thread(
+                    target=self._send_loop, name="sartor-stream-publish", daemon=True
+                )
+                self._sender.start()
+        if self._outbox.qsize() > OUTBOX_LIMIT:  # Redis is down or far behind: shed load
+            self.dropped += len(messages)
+            return
         for message in messages:
-            self._deliver(workspace_id, message)
+            self._outbox.put((workspace_id, message))
+
+    def _send_loop(self) -> None:
+        while True:
+            first = self._outbox.get()
+            batch = [first]
+            while len(batch) < 1000:
+                try:
+                    batch.append(self._outbox.get_nowait())
+                except queue.Empty:
+                    break
+            items = [item for item in batch if item is not None]
+            if items:
+                self._send(items)
+            if len(items) < len(batch):
+                return
+
+    def _send(self, items: list[tuple[str, dict[str, Any]]]) -> None:
+        try:
+            assert self.redis is not None
+            pipe = self.redis.pipeline(transaction=False)
+            for workspace_id, message in items:
+                pipe.publish(self.channel + workspace_id, orjson.dumps(message))
+            pipe.execute()
+        except Exception:
+            log.warning("stream publish to Redis failed; delivering locally", exc_info=True)
+            for workspace_id, message in items:
+                self._deliver(workspace_id, message)
 
     def _deliver(self, workspace_id: str, message: dict[str, Any]) -> None:
         with self._lock:
@@ -102,6 +139,13 @@ class Broadcaster:
                 self._deliver(channel[len(self.channel) :], orjson.loads(msg["data"]))
 
     def close(self) -> None:
+        """Send what is queued, then stop listening."""
+        with self._lock:
+            self._closed = True
+            sender, self._sender = self._sender, None
+        if sender is not None:
+            self._outbox.put(None)
+            sender.join(10)
         pubsub, self._pubsub = self._pubsub, None
         if pubsub is not None:
             try:

@@ -200,7 +200,9 @@ def _apply_traits(doc: Doc, traits: Mapping[str, Any], ts: int, mid: str) -> Non
     """``$set`` (plain keys too), ``$set_once`` and ``$unset``, as last-writer-wins
     registers stamped ``[ts, messageId, op]`` so arrival order does not matter."""
     ops: list[tuple[str, str, Any]] = []
-    for key, value in traits.items():
+    # Sorted: within one message the first op on a trait wins, and JSONB does not keep key
+    # order, so the order must not depend on storage ("$set" comes before plain keys).
+    for key, value in sorted(traits.items(), key=lambda kv: kv[0]):
         if key == "$set" and isinstance(value, Mapping):
             ops += [("set", k, v) for k, v in value.items()]
         elif key == "$set_once" and isinstance(value, Mapping):

@@ -13,6 +13,9 @@ from typing import Any, Protocol
 
 import orjson
 
+# (workspace, profile, recent items, interaction stamps) for ``HotState.update_many``.
+HotUpdate = tuple[str, str, list[dict[str, Any]], list[tuple[str, int]]]
+
 
 class HotState(Protocol):
     def record(
@@ -24,6 +27,13 @@ class HotState(Protocol):
         """True once per window per profile: the caller does the refresh."""
 
     def push_recent(self, ws: str, pid: str, items: list[dict[str, Any]], limit: int) -> None: ...
+
+    def update_many(self, updates: list[HotUpdate], limit: int, now: int, window: int) -> list[int]:
+        """``push_recent`` then ``record`` for each ``(ws, pid, recent items, stamps)``, at
+        once; the interaction counts, in order."""
+
+    def claim_refresh_many(self, keys: list[tuple[str, str]], now: int, window: int) -> list[bool]:
+        """``claim_refresh`` for each ``(ws, pid)``, at once."""
 
     def recent(self, ws: str, pid: str) -> list[dict[str, Any]]: ...
 
@@ -59,6 +69,16 @@ class InProcessHotState:
     def push_recent(self, ws: str, pid: str, items: list[dict[str, Any]], limit: int) -> None:
         with self._lock:
             self._recent[(ws, pid)] = deque(items[:limit], maxlen=limit)
+
+    def update_many(self, updates: list[HotUpdate], limit: int, now: int, window: int) -> list[int]:
+        counts = []
+        for ws, pid, items, stamps in updates:
+            self.push_recent(ws, pid, items, limit)
+            counts.append(self.record(ws, pid, stamps, now, window))
+        return counts
+
+    def claim_refresh_many(self, keys: list[tuple[str, str]], now: int, window: int) -> list[bool]:
+        return [self.claim_refresh(ws, pid, now, window) for ws, pid in keys]
 
     def recent(self, ws: str, pid: str) -> list[dict[str, Any]]:
         with self._lock:
@@ -104,6 +124,45 @@ class RedisHotState:
         if items:
             pipe.rpush(key, *[orjson.dumps(i) for i in items[:limit]])
         pipe.execute()
+
+    def update_many(self, updates: list[HotUpdate], limit: int, now: int, window: int) -> list[int]:
+        """The same commands as ``push_recent`` + ``record``, for every profile in one
+        pipeline: one round trip per fold batch instead of two per profile."""
+        if not updates:
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        per = []
+        for ws, pid, items, stamps in updates:
+            recent = self._key("recent", ws, pid)
+            pipe.delete(recent)
+            n = 1
+            if items:
+                pipe.rpush(recent, *[orjson.dumps(i) for i in items[:limit]])
+                n += 1
+            key = self._key("window", ws, pid)
+            mapping = {mid: ts for mid, ts in stamps}
+            if mapping:
+                pipe.zadd(key, mapping)
+                n += 1
+            pipe.zremrangebyscore(key, "-inf", f"({now - window}")
+            pipe.zremrangebyscore(key, f"({now + window}", "+inf")
+            pipe.zcard(key)
+            pipe.pexpire(key, window * 2)
+            per.append(n + 4)
+        results = pipe.execute()
+        counts, at = [], 0
+        for n in per:
+            at += n
+            counts.append(int(results[at - 2]))  # zcard, before pexpire
+        return counts
+
+    def claim_refresh_many(self, keys: list[tuple[str, str]], now: int, window: int) -> list[bool]:
+        if not keys:
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        for ws, pid in keys:
+            pipe.set(self._key("refreshed", ws, pid), now, nx=True, px=window)
+        return [bool(v) for v in pipe.execute()]
 
     def recent(self, ws: str, pid: str) -> list[dict[str, Any]]:
         return [orjson.loads(v) for v in self.r.lrange(self._key("recent", ws, pid), 0, -1)]

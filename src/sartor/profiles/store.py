@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import statistics
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, select, update
+from sqlalchemy import Connection, Executable, bindparam, func, select, text, update
 
 from sartor.clock import now_ms
 from sartor.profiles.folds import Doc, empty
-from sartor.storage.sql import insert_ignore
+from sartor.storage.sql import chunks, insert_ignore
 from sartor.storage.tables import checkpoints, events, identities, profiles
 
 
@@ -65,6 +66,52 @@ def events_after(
     )
     # Per statement: Connection.execution_options would stream every later statement too.
     yield from conn.execute(query.execution_options(yield_per=2000))
+
+
+_EVENT_COLUMNS = (
+    events.c.seq,
+    events.c.message_id,
+    events.c.type,
+    events.c.event,
+    events.c.timestamp,
+    events.c.received_at,
+    events.c.profile_id,
+    events.c.payload,
+)
+
+
+def events_after_each(
+    conn: Connection, workspace_id: str, watermarks: Mapping[str, int]
+) -> Iterator[Any]:
+    """Each profile's events past its own watermark, in log order, streamed.
+
+    Unlike ``events_after`` with the lowest watermark, a profile new to the batch (or far
+    behind) does not drag in every other profile's older events: those rows would be read,
+    sent and decoded only to be skipped. A ``VALUES`` list joined on the
+    ``(workspace_id, profile_id)`` index (SQLite and PostgreSQL)."""
+    if not watermarks:
+        return
+    params: dict[str, Any] = {"ws": workspace_id}
+    for i, (pid, after) in enumerate(watermarks.items()):
+        params[f"p{i}"], params[f"a{i}"] = pid, int(after)
+    query = _events_after_each_query(len(watermarks))
+    yield from conn.execute(query, params)
+
+
+@functools.lru_cache(maxsize=64)
+def _events_after_each_query(n: int) -> Executable:
+    """The statement for ``n`` profiles (parsing 2n bind parameters is not free)."""
+    rows = ", ".join(f"(:p{i}, :a{i})" for i in range(n))
+    return (
+        text(
+            f"WITH w(pid, after) AS (VALUES {rows}) "
+            "SELECT e.seq, e.message_id, e.type, e.event, e.timestamp, e.received_at, "
+            "e.profile_id, e.payload FROM w JOIN events e ON e.workspace_id = :ws "
+            "AND e.profile_id = w.pid AND e.seq > w.after ORDER BY e.seq"
+        )
+        .columns(*_EVENT_COLUMNS)
+        .execution_options(yield_per=2000)
+    )
 
 
 def save(conn: Connection, workspace_id: str, pid: str, doc: Doc, last_seq: int) -> None:
@@ -147,6 +194,26 @@ def touched_since(
         .limit(limit)
     )
     return [(r.workspace_id, r.profile_id, int(r.top)) for r in conn.execute(query)]
+
+
+def not_folded(
+    conn: Connection, touched: Sequence[tuple[str, str, int]]
+) -> list[tuple[str, str, int]]:
+    """Those ``(workspace, profile, seq)`` whose profile has not folded up to ``seq`` (its
+    watermark is lower, or NULL); profiles that no longer exist (merged away) are left out."""
+    by_ws: dict[str, dict[str, int]] = {}
+    for ws, pid, seq in touched:
+        by_ws.setdefault(ws, {})[pid] = seq
+    out: list[tuple[str, str, int]] = []
+    for ws, wanted in by_ws.items():
+        for part in chunks(sorted(wanted)):
+            rows = conn.execute(
+                select(profiles.c.profile_id, profiles.c.last_seq).where(
+                    profiles.c.workspace_id == ws, profiles.c.profile_id.in_(part)
+                )
+            )
+            out.extend((ws, pid, wanted[pid]) for pid, at in rows if at is None or at < wanted[pid])
+    return out
 
 
 def all_profiles(conn: Connection, workspace_id: str | None = None) -> list[tuple[str, str]]:

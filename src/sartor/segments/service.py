@@ -27,7 +27,16 @@ from sartor.segments.rfm import GROUPS, RFM
 from sartor.segments.rules import Context, EventCondition, Rule, compile_rule
 from sartor.storage.db import write_tx
 from sartor.storage.sql import chunks, execute_many, insert_ignore
-from sartor.storage.tables import events, identities, memberships, profiles, segment_sizes, segments
+from sartor.storage.tables import (
+    cluster_assignments,
+    cluster_runs,
+    events,
+    identities,
+    memberships,
+    profiles,
+    segment_sizes,
+    segments,
+)
 
 if TYPE_CHECKING:
     from sartor.engine import Engine
@@ -600,6 +609,19 @@ class Segments:
             n += conn.execute(
                 delete(memberships).where(
                     memberships.c.workspace_id == ws, memberships.c.profile_id.in_(part)
+                )
+            ).rowcount
+        return n
+
+    def erase_cluster_assignments(self, conn: Connection, ws: str, pids: Iterable[str]) -> int:
+        """The profiles' rows in every clustering run of the workspace (erasure)."""
+        runs = select(cluster_runs.c.id).where(cluster_runs.c.workspace_id == ws)
+        n = 0
+        for part in chunks(list(pids)):
+            n += conn.execute(
+                delete(cluster_assignments).where(
+                    cluster_assignments.c.run_id.in_(runs),
+                    cluster_assignments.c.profile_id.in_(part),
                 )
             ).rowcount
         return n

@@ -63,6 +63,7 @@ PAGES = (
     ("Help", "/help"),
 )
 COUNTRIES = ("US", "GB", "DE", "FR", "NL", "ES", "IT", "CA")
+CATEGORY_NAMES = list(CATALOG_CATEGORIES)
 
 
 @dataclass(frozen=True)
@@ -94,39 +95,39 @@ SEGMENTS: tuple[Behaviour, ...] = (
         "vip-home-decor",
         0.2,
         {"Home Decor": 0.85, "Garden": 0.15},
-        orders=(8, 15),
-        browse_sessions=(2, 6),
-        views_per_session=(2, 5),
-        pages_per_session=(1, 2),
-        add_rate=0.5,
-        items_per_order=(2, 4),
+        orders=(3, 6),
+        browse_sessions=(0, 2),
+        views_per_session=(1, 3),
+        pages_per_session=(0, 1),
+        add_rate=0.4,
+        items_per_order=(1, 3),
         quantity=(1, 3),
         price_band=(0.7, 1.0),
-        window_days=(0.0, 180.0),
+        window_days=(0.0, 120.0),
     ),
     Behaviour(
         "bargain-hunters",
         0.3,
         {"Electronics": 0.7, "Toys": 0.2, "Fashion": 0.1},
-        orders=(2, 4),
-        browse_sessions=(6, 12),
-        views_per_session=(12, 25),
-        pages_per_session=(2, 5),
-        add_rate=0.08,
-        items_per_order=(1, 3),
+        orders=(2, 3),
+        browse_sessions=(1, 3),
+        views_per_session=(5, 8),
+        pages_per_session=(1, 2),
+        add_rate=0.05,
+        items_per_order=(1, 2),
         quantity=(1, 2),
         price_band=(0.0, 0.25),
-        window_days=(0.0, 90.0),
+        window_days=(0.0, 60.0),
     ),
     Behaviour(
         "lapsed-one-time",
         0.25,
-        {"Fashion": 0.8, "Beauty": 0.2},
+        {"Fashion": 1.0},
         orders=(1, 1),
         browse_sessions=(0, 1),
-        views_per_session=(1, 4),
-        pages_per_session=(1, 2),
-        add_rate=0.3,
+        views_per_session=(1, 3),
+        pages_per_session=(0, 1),
+        add_rate=0.2,
         items_per_order=(1, 2),
         quantity=(1, 1),
         price_band=(0.3, 0.7),
@@ -137,9 +138,9 @@ SEGMENTS: tuple[Behaviour, ...] = (
         0.25,
         {"Books": 0.75, "Sports": 0.25},
         orders=(0, 0),
-        browse_sessions=(1, 3),
-        views_per_session=(2, 6),
-        pages_per_session=(1, 4),
+        browse_sessions=(1, 2),
+        views_per_session=(2, 5),
+        pages_per_session=(0, 2),
         add_rate=0.15,
         price_band=(0.2, 0.8),
         window_days=(0.0, 14.0),
@@ -463,7 +464,11 @@ def _sample(n: int, segments: Sequence[Behaviour], rng: np.random.Generator) -> 
         views = sessions * _mean(b.views_per_session) + f * _mean(b.items_per_order)
         out.views[idx] = np.round(views * rng.lognormal(0.0, 0.1, size=m))
         out.adds[idx] = np.round(out.views[idx] * b.add_rate + f * _mean(b.items_per_order))
-        out.shares[idx] = rng.dirichlet(weights * 12 + 0.02, size=m)
+        used = np.flatnonzero(weights > 0)
+        if len(used) > 1:
+            out.shares[np.ix_(idx, used)] = rng.dirichlet(weights[used] * 12, size=m)
+        else:
+            out.shares[np.ix_(idx, used)] = 1.0
         out.sensitivity[idx] = mult * rng.lognormal(0.0, 0.12, size=m)
     return out
 
@@ -509,76 +514,101 @@ def iter_profile_docs(
 ) -> Iterator[list[tuple[str, str, dict[str, Any]]]]:
     """Profile fold states (the ``profiles.computed`` document of
     :mod:`sartor.profiles.folds`) of ``n`` people, as lists of ``(profile_id, planted
-    segment, doc)`` of ``chunk`` rows: what their events would have folded to, roughly."""
+    segment, doc)`` of ``chunk`` rows: what their events would have folded to, roughly
+    (sessions spread over the person's active window, the last one at their last order)."""
     now_ms = _ms(now)
     rng = np.random.default_rng(random_state)
     medians = CATALOG_CATEGORIES
+    bin_width = math.log(1.05)
+    names = [b.name for b in segments]
     for base in range(0, n, chunk):
         m = min(chunk, n - base)
         s = _sample(m, segments, rng)
+        order = np.argsort(-s.shares, axis=1)[:, :2].tolist()
+        cols = zip(
+            s.label.tolist(),
+            s.frequency.astype(int).tolist(),
+            s.aov.tolist(),
+            s.recency.tolist(),
+            s.oldest.tolist(),
+            s.newest.tolist(),
+            s.sessions.astype(int).tolist(),
+            np.maximum(np.rint(s.depth), 1).astype(int).tolist(),
+            s.views.astype(int).tolist(),
+            s.adds.astype(int).tolist(),
+            s.shares.tolist(),
+            s.sensitivity.tolist(),
+            order,
+            strict=True,
+        )
         rows: list[tuple[str, str, dict[str, Any]]] = []
-        for i in range(m):
-            f = int(s.frequency[i])
-            newest = now_ms - int(s.newest[i] * DAY_MS)
-            oldest = now_ms - int(s.oldest[i] * DAY_MS)
-            last_order = now_ms - int(s.recency[i] * DAY_MS) if f else None
-            n_sessions = int(s.sessions[i])
-            depth = max(1, int(round(s.depth[i])))
-            span = max(newest - oldest, 1)
-            sessions = [
-                [t, t + depth * 45_000, depth]
-                for t in sorted(
-                    {oldest + (span * k) // max(n_sessions - 1, 1) for k in range(n_sessions)}
-                )
-            ]
-            views, adds = int(s.views[i]), int(s.adds[i])
-            shares = {
-                c: round(float(w) * (views + 3 * adds + 5 * f), 4)
-                for c, w in zip(s.categories, s.shares[i], strict=True)
+        for i, (
+            label,
+            f,
+            aov,
+            recency,
+            oldest,
+            newest,
+            n_sessions,
+            depth,
+            views,
+            adds,
+            shares,
+            sens,
+            top2,
+        ) in enumerate(cols):
+            latest = recency if f else newest  # days ago
+            step = max((oldest - latest) / (n_sessions - 1), 0.5) if n_sessions > 1 else 0.0
+            starts = [now_ms - int((latest + k * step) * DAY_MS) for k in range(n_sessions)]
+            starts.reverse()
+            sessions = [[t, t + depth * 45_000, depth] for t in starts]
+            last_order = starts[-1] if f else None
+            first_order = starts[max(n_sessions - f, 0)] if f else None
+            weight = views + 3 * adds + 5 * f
+            affinity = {
+                cat: round(w * weight, 4)
+                for cat, w in zip(CATEGORY_NAMES, shares, strict=True)
                 if w > 0.02
             }
-            price_cats = sorted(shares, key=lambda c: -shares[c])[:2]
-            cat_prices = {
-                c: [round(medians[c] * float(s.sensitivity[i]) * views, 2), views]
-                for c in price_cats
-            }
-            typical = max(sum(medians[c] for c in price_cats) / len(price_cats), 0.5)
-            price = typical * float(s.sensitivity[i])
-            revenue = round(f * float(s.aov[i]), 2)
-            first_order = (
-                last_order - int(max(s.oldest[i] - s.recency[i], 0.0) * DAY_MS)
-                if last_order is not None
-                else None
+            price_cats = [CATEGORY_NAMES[j] for j in top2 if shares[j] > 0.02] or ["Books"]
+            priced = max(views, 1)
+            cat_prices = {c: [round(medians[c] * sens * priced, 2), priced] for c in price_cats}
+            price = max(sum(medians[c] for c in price_cats) / len(price_cats) * sens, 0.5)
+            last_seen = sessions[-1][1]
+            rows.append(
+                (
+                    f"p_syn{random_state}_{base + i:08d}",
+                    names[label],
+                    {
+                        "trait_clock": {},
+                        "first_seen": sessions[0][0],
+                        "last_seen": last_seen,
+                        "events": n_sessions * depth,
+                        "counts": {
+                            "page": n_sessions,
+                            "Product Viewed": views,
+                            "Product Added": adds,
+                            "Order Completed": f,
+                        },
+                        "sessions": sessions,
+                        "sessions_dropped": 0,
+                        "product_views": views,
+                        "cart_adds": adds,
+                        "checkouts": f,
+                        "orders": f,
+                        "revenue": round(f * aov, 2),
+                        "refunds": 0,
+                        "refunded": 0.0,
+                        "first_order_at": first_order,
+                        "last_order_at": last_order,
+                        "last_cart_add_at": last_order,
+                        "affinity_at": last_seen,
+                        "category_affinity": affinity,
+                        "brand_affinity": {},
+                        "price_hist": {str(math.floor(math.log(price) / bin_width)): priced},
+                        "category_prices": cat_prices,
+                        "recent_items": [],
+                    },
+                )
             )
-            doc: dict[str, Any] = {
-                "trait_clock": {},
-                "first_seen": min(oldest, first_order or oldest),
-                "last_seen": max(newest, last_order or newest),
-                "events": sum(x[2] for x in sessions),
-                "counts": {
-                    "page": n_sessions,
-                    "Product Viewed": views,
-                    "Product Added": adds,
-                    "Order Completed": f,
-                },
-                "sessions": sessions,
-                "sessions_dropped": 0,
-                "product_views": views,
-                "cart_adds": adds,
-                "checkouts": f,
-                "orders": f,
-                "revenue": revenue,
-                "refunds": 0,
-                "refunded": 0.0,
-                "first_order_at": first_order,
-                "last_order_at": last_order,
-                "last_cart_add_at": last_order,
-                "affinity_at": newest,
-                "category_affinity": shares,
-                "brand_affinity": {},
-                "price_hist": {str(math.floor(math.log(price) / math.log(1.05))): views},
-                "category_prices": cat_prices,
-                "recent_items": [],
-            }
-            rows.append((f"p_syn{random_state}_{base + i:08d}", segments[s.label[i]].name, doc))
         yield rows
