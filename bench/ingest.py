@@ -8,7 +8,8 @@ In one process run, for each backend:
 * **HTTP**: a ``sartor serve`` subprocess (SQLite file in a temp dir, or a fresh PostgreSQL
   database that is dropped afterwards) receives pre-serialized Segment batches of
   ``--batch`` (100) realistic e-commerce events from ``--clients`` threads of this process,
-  each on its own keep-alive connection. After a warm-up, each run times ``--events`` events;
+  each on its own keep-alive connection. After a warm-up, ``--events`` events are timed in
+  all, split evenly over the ``--runs`` runs;
   every response must be a 200 that stored its whole batch, and the stored row count must
   equal what was sent.
 * **Raw SQLite reference** (SQLite only): the rows the server just stored (read back from its
@@ -19,6 +20,16 @@ In one process run, for each backend:
 
 Each run is HTTP then raw, so the ratio HTTP / raw is computed on the same machine state.
 The median (min, max) of the runs is reported.
+
+The server folds profiles in-process after each commit, as ``sartor serve`` ships
+(``--profiles inprocess``); ``--profiles redis`` hands that to Redis Streams instead (no
+worker runs; the stream is deleted afterwards), which measures ingestion alone. Before each
+timed run and before the raw inserts the bench waits for the server's background work to
+finish, so neither overlaps the other.
+
+The machine may be shared: for each run the bench reports the cores used by the server, by
+PostgreSQL's backends, by itself and by every other process, and the server's CPU time per
+event, which other processes' load disturbs much less than the rate.
 """
 
 from __future__ import annotations
@@ -60,6 +71,8 @@ PG_ADMIN_URL = os.environ.get(
     "SARTOR_BENCH_POSTGRES_URL", "postgresql+psycopg://root@127.0.0.1:5432"
 )
 SECRET = "bench-secret-key-0123456789"
+# The server also writes events of its own (Segment Entered/Exited): count only ours.
+MESSAGE_ID_PREFIX = "bench-"
 ROW_COLUMNS = (
     "workspace_id, message_id, type, event, category, user_id, anonymous_id, profile_id, "
     "timestamp, received_at, payload"
@@ -159,7 +172,7 @@ def make_event(rng: random.Random, user: User, when: datetime) -> dict[str, Any]
     msg: dict[str, Any] = {
         "type": "track",
         "event": name,
-        "messageId": f"bench-{uuid.UUID(int=rng.getrandbits(128), version=4)}",
+        "messageId": f"{MESSAGE_ID_PREFIX}{uuid.UUID(int=rng.getrandbits(128), version=4)}",
         "anonymousId": user.anonymous_id,
         "timestamp": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "properties": props,
@@ -214,7 +227,10 @@ def free_port() -> int:
 class Server:
     """``python -m sartor.cli serve`` in a subprocess, as tests/server.py runs it."""
 
-    def __init__(self, database_url: str, home: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self, database_url: str, home: Path, env: dict[str, str], src: Path = ROOT / "src"
+    ) -> None:
+        self.src = src
         self.database_url = database_url
         self.home = home
         self.port = free_port()
@@ -225,7 +241,7 @@ class Server:
     def start(self, timeout: float = 30.0) -> Server:
         env = {
             **os.environ,
-            "PYTHONPATH": str(ROOT / "src"),
+            "PYTHONPATH": str(self.src),
             "SARTOR_DATABASE_URL": self.database_url,
             "SARTOR_HOME": str(self.home),
             "SARTOR_ENV": "test",
@@ -289,17 +305,34 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(parts[11]) + int(parts[12])) / CLK_TCK
 
 
-class CpuMeter:
-    """Cores used by the server, by this load generator, and by everything else meanwhile:
-    the machine is shared, and other processes' load makes a run slower than it would be."""
+def wait_idle(pid: int, limit: float = 120.0) -> float:
+    """Wait until the server's background work (profile folding) is done; seconds waited."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit:
+        before = process_cpu_seconds(pid)
+        time.sleep(0.5)
+        if process_cpu_seconds(pid) - before < 0.05:
+            break
+    return time.monotonic() - t0
 
-    def __init__(self, server_pid: int) -> None:
+
+class CpuMeter:
+    """Cores used by the server, by the database server's backends (PostgreSQL), by this load
+    generator, and by everything else meanwhile: the machine is shared, and other processes'
+    load makes a run slower than it would be."""
+
+    def __init__(self, server_pid: int, db_pids: list[int]) -> None:
         self.pid = server_pid
+        self.db_pids = db_pids
+
+    def _db(self) -> float:
+        return sum(process_cpu_seconds(p) for p in self.db_pids)
 
     def __enter__(self) -> CpuMeter:
         self.t0 = time.perf_counter()
         self.busy0 = busy_cpu_seconds()
         self.server0 = process_cpu_seconds(self.pid)
+        self.db0 = self._db()
         self.self0 = sum(os.times()[:2])
         return self
 
@@ -307,8 +340,9 @@ class CpuMeter:
         wall = time.perf_counter() - self.t0
         busy = busy_cpu_seconds() - self.busy0
         self.server = (process_cpu_seconds(self.pid) - self.server0) / wall
+        self.db = (self._db() - self.db0) / wall
         self.client = (sum(os.times()[:2]) - self.self0) / wall
-        self.other = max(0.0, busy / wall - self.server - self.client)
+        self.other = max(0.0, busy / wall - self.server - self.db - self.client)
 
 
 @dataclass
@@ -390,6 +424,19 @@ def create_pg_database() -> tuple[str, str]:
     return name, url
 
 
+def pg_backend_pids(name: str) -> list[int]:
+    """The PostgreSQL backends serving database ``name`` (the server's pooled connections)."""
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(f"{PG_ADMIN_URL}/postgres")
+    with admin.connect() as conn:
+        rows = conn.execute(
+            text("SELECT pid FROM pg_stat_activity WHERE datname = :d"), {"d": name}
+        ).all()
+    admin.dispose()
+    return [int(r[0]) for r in rows]
+
+
 def drop_pg_database(name: str) -> None:
     from sqlalchemy import create_engine, text
 
@@ -399,12 +446,23 @@ def drop_pg_database(name: str) -> None:
     admin.dispose()
 
 
+def drop_redis_namespace(url: str, namespace: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
 def count_rows(url: str) -> int:
     from sqlalchemy import create_engine, text
 
     eng = create_engine(url)
     with eng.connect() as conn:
-        n = int(conn.execute(text("SELECT count(*) FROM events")).scalar_one())
+        query = f"SELECT count(*) FROM events WHERE message_id LIKE '{MESSAGE_ID_PREFIX}%'"
+        n = int(conn.execute(text(query)).scalar_one())
     eng.dispose()
     return n
 
@@ -414,7 +472,9 @@ def stored_rows(path: Path, after_seq: int) -> tuple[list[tuple[Any, ...]], int]
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         rows = conn.execute(
-            f"SELECT seq, {ROW_COLUMNS} FROM events WHERE seq > ? ORDER BY seq", (after_seq,)
+            f"SELECT seq, {ROW_COLUMNS} FROM events WHERE seq > ? AND message_id LIKE ? "
+            "ORDER BY seq",
+            (after_seq, f"{MESSAGE_ID_PREFIX}%"),
         ).fetchall()
     finally:
         conn.close()
@@ -488,6 +548,7 @@ def bench_backend(backend: str, args: argparse.Namespace, tmp: Path) -> dict[str
     home = tmp / backend
     home.mkdir()
     pg_name = None
+    redis_ns: str | None = None
     if backend == "sqlite":
         db_path = home / "sartor.db"
         url = f"sqlite:///{db_path}"
@@ -508,9 +569,14 @@ def bench_backend(backend: str, args: argparse.Namespace, tmp: Path) -> dict[str
             key = engine.create_workspace("bench").keys["write"]
         auth = "Basic " + base64.b64encode(f"{key}:".encode()).decode()
         env = {"SARTOR_SQLITE_SYNCHRONOUS": args.synchronous}
+        if args.profiles == "redis":
+            # Profile folding leaves the server for `sartor worker` processes (none run
+            # here): the server only publishes notifications to a stream of its own.
+            redis_ns = f"sartor-bench-{secrets.token_hex(4)}"
+            env.update(SARTOR_REDIS_URL=args.redis_url, SARTOR_REDIS_NAMESPACE=redis_ns)
         if args.server_env:
             env.update(dict(kv.split("=", 1) for kv in args.server_env))
-        server = Server(url, home, env).start()
+        server = Server(url, home, env, args.src).start()
         log(f"server on port {server.port}, pid {server.proc.pid if server.proc else '?'}")
         payloads = Payloads(args.users, args.batch, seed=args.seed)
         raw = backend == "sqlite" and not args.no_raw
@@ -526,6 +592,8 @@ def bench_backend(backend: str, args: argparse.Namespace, tmp: Path) -> dict[str
             raise RuntimeError(f"warm-up failed: {res.non_200[:3]} not stored: {res.not_stored}")
         sent += res.events
         log(f"warm-up: {res.events} events, {res.rate:,.0f} events/s")
+        if server.proc:
+            wait_idle(server.proc.pid)
         if raw and raw100 and raw1:
             rows, last_seq = stored_rows(db_path, last_seq)
             raw100.insert(rows, args.batch)
@@ -538,10 +606,23 @@ def bench_backend(backend: str, args: argparse.Namespace, tmp: Path) -> dict[str
         problems: list[str] = []
         cpu_use: list[dict[str, float]] = []
         for run in range(args.runs):
-            bodies = payloads.bodies(args.events)
-            with CpuMeter(server.proc.pid if server.proc else 0) as cpu:
+            bodies = payloads.bodies(args.per_run)
+            if server.proc:
+                wait_idle(server.proc.pid)
+            db_pids = pg_backend_pids(pg_name) if pg_name else []
+            with CpuMeter(server.proc.pid if server.proc else 0, db_pids) as cpu:
                 res = send_all(server.port, auth, bodies, args.clients, args.batch)
-            cpu_use.append({"server": cpu.server, "client": cpu.client, "other": cpu.other})
+            cpu_use.append(
+                {
+                    "server": cpu.server,
+                    "database": cpu.db,
+                    "client": cpu.client,
+                    "other": cpu.other,
+                    # CPU time the server spent per event: what optimizations change, and
+                    # much less sensitive to other processes than the rate
+                    "server_cpu_us_per_event": cpu.server * res.seconds / res.events * 1e6,
+                }
+            )
             sent += res.events
             if res.requests != len(bodies):
                 problems.append(f"run {run}: {res.requests} of {len(bodies)} requests answered")
@@ -551,10 +632,16 @@ def bench_backend(backend: str, args: argparse.Namespace, tmp: Path) -> dict[str
                 problems.append(f"run {run}: {res.not_stored} responses did not store all")
             http_rates.append(res.rate)
             line = (
-                f"run {run + 1}/{args.runs}: HTTP {res.rate:,.0f} events/s (cores: server "
-                f"{cpu.server:.2f}, client {cpu.client:.2f}, other processes {cpu.other:.2f})"
+                f"run {run + 1}/{args.runs}: HTTP {res.rate:,.0f} events/s, server CPU "
+                f"{cpu.server * res.seconds / res.events * 1e6:.0f} us/event (cores: server "
+                f"{cpu.server:.2f}, "
+                + (f"database {cpu.db:.2f}, " if pg_name else "")
+                + f"client {cpu.client:.2f}, "
+                f"other processes {cpu.other:.2f})"
             )
             if raw and raw100 and raw1:
+                lag = wait_idle(server.proc.pid) if server.proc else 0.0
+                line += f" (server busy {lag:.1f} s after)"
                 rows, last_seq = stored_rows(db_path, last_seq)
                 if len(rows) != res.events:
                     problems.append(f"run {run}: {len(rows)} rows stored, {res.events} sent")
@@ -597,6 +684,8 @@ def bench_backend(backend: str, args: argparse.Namespace, tmp: Path) -> dict[str
                 r.close()
         if pg_name:
             drop_pg_database(pg_name)
+        if redis_ns:
+            drop_redis_namespace(args.redis_url, redis_ns)
 
 
 def fmt(s: dict[str, Any], unit: str = "") -> str:
@@ -607,19 +696,36 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--backend", choices=("sqlite", "postgresql", "both"), default="both")
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--events", type=int, default=100_000, help="timed events per run")
+    ap.add_argument(
+        "--events", type=int, default=100_000, help="timed events per backend, over all runs"
+    )
     ap.add_argument("--warmup", type=int, default=10_000, help="events sent before timing")
     ap.add_argument("--clients", type=int, default=8, help="concurrent keep-alive clients")
     ap.add_argument("--batch", type=int, default=100, help="events per request")
     ap.add_argument("--users", type=int, default=4_000, help="distinct visitors")
     ap.add_argument("--synchronous", choices=("FULL", "NORMAL"), default="FULL")
+    ap.add_argument(
+        "--profiles",
+        choices=("inprocess", "redis"),
+        default="inprocess",
+        help="inprocess: the server folds profiles itself, as `sartor serve` ships; redis: "
+        "it hands them to Redis Streams (no worker runs), measuring ingestion alone",
+    )
+    ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--no-raw", action="store_true", help="skip the raw SQLite reference")
     ap.add_argument("--server-env", action="append", help="extra KEY=VALUE for the server")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument(
+        "--src",
+        type=Path,
+        default=ROOT / "src",
+        help="source tree the server runs from (to compare two versions of the code)",
+    )
     args = ap.parse_args()
-    if args.events % args.batch or args.warmup % args.batch:
-        ap.error("--events and --warmup must be multiples of --batch")
+    args.per_run = args.events // args.runs // args.batch * args.batch
+    if args.per_run < args.batch or args.warmup % args.batch:
+        ap.error("--events must give each run a batch; --warmup must be a multiple of --batch")
 
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
     started = time.monotonic()
@@ -631,8 +737,9 @@ def main() -> int:
 
     print()
     print(
-        f"Sartor ingestion, {args.runs} runs x {args.events:,} events, {args.batch} per request, "
-        f"{args.clients} clients, synchronous={args.synchronous}, {os.cpu_count()} CPUs, "
+        f"Sartor ingestion, {args.runs} runs x {args.per_run:,} events, {args.batch} per request, "
+        f"{args.clients} clients, synchronous={args.synchronous}, profiles {args.profiles}, "
+        f"{os.cpu_count()} CPUs, "
         f"SQLite {sqlite3.sqlite_version}, uvicorn {uvicorn_stack()}"
     )
     print(f"{'measure':<42} {'median':>10}  (min .. max)")
@@ -652,9 +759,14 @@ def main() -> int:
         other = statistics.mean(c["other"] for c in r["cpu_cores_during_http"])
         server_cores = statistics.mean(c["server"] for c in r["cpu_cores_during_http"])
         client_cores = statistics.mean(c["client"] for c in r["cpu_cores_during_http"])
+        db_cores = statistics.mean(c["database"] for c in r["cpu_cores_during_http"])
+        cost = statistics.median(c["server_cpu_us_per_event"] for c in r["cpu_cores_during_http"])
+        r["server_cpu_us_per_event"] = cost
         print(
-            f"  {b}: cores used during HTTP runs: server {server_cores:.2f}, load generator "
-            f"{client_cores:.2f}, other processes {other:.2f}"
+            f"  {b}: server CPU {cost:.0f} us/event; cores used during HTTP runs: server "
+            f"{server_cores:.2f}, "
+            + (f"PostgreSQL {db_cores:.2f}, " if b == "postgresql" else "")
+            + f"load generator {client_cores:.2f}, other processes {other:.2f}"
             + ("  (machine shared: rates are depressed)" if other > 0.2 else "")
         )
         status = "OK" if r["ok"] else "FAILED: " + "; ".join(r["problems"])
