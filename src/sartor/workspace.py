@@ -35,6 +35,18 @@ class WorkspaceSettings(BaseModel):
     rate_limit_events_per_second: float | None = Field(
         None, ge=0, description="Overrides the server default; 0 disables the limit."
     )
+    holdout_share: float = Field(
+        0.05,
+        ge=0,
+        le=0.5,
+        description="Share of people kept out of all personalization (the global holdout).",
+    )
+    holdout_seed: str = Field(
+        "sartor-holdout",
+        min_length=1,
+        max_length=200,
+        description="Hash seed of the holdout; changing it draws a new holdout.",
+    )
 
     @field_validator("categories")
     @classmethod

@@ -14,7 +14,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sartor import __version__, metrics
 from sartor.api import errors
-from sartor.api.routers import collect, events, ops, profiles, segments, users, workspace
+from sartor.api.routers import (
+    collect,
+    events,
+    experiments,
+    ops,
+    profiles,
+    segments,
+    users,
+    workspace,
+)
 from sartor.collect.messages import Batch
 from sartor.config import Settings, get_settings
 from sartor.engine import Engine
@@ -86,7 +95,7 @@ def create_app(engine: Engine | None = None, settings: Settings | None = None) -
     )
     app.state.engine = engine
     errors.install(app)
-    for module in (collect, events, profiles, segments, users, workspace, ops):
+    for module in (collect, events, experiments, profiles, segments, users, workspace, ops):
         app.include_router(module.router)
     app.include_router(segments.rfm_router)
     app.add_middleware(MetricsMiddleware, access_log=settings.access_log)

@@ -11,6 +11,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Column,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -187,4 +188,61 @@ cluster_assignments = Table(
     Column("profile_id", String(40), nullable=False),
     Column("label", Integer, nullable=False),
     PrimaryKeyConstraint("run_id", "profile_id"),
+)
+
+experiments = Table(
+    "experiments",
+    metadata,
+    Column("workspace_id", String(40), nullable=False),
+    Column("key", String(100), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("status", String(16), nullable=False),  # draft, running, stopped
+    Column("kind", String(16), nullable=False),  # ab, bandit
+    Column("slot", String(100), nullable=True),
+    Column("variations", Document, nullable=False),  # [{key, name, weight, payload}]
+    Column("coverage", Float, nullable=False),
+    Column("targeting", Document, nullable=True),  # {segments, rule, condition}
+    Column("hash_attribute", String(32), nullable=False),
+    Column("fallback_attribute", String(32), nullable=True),
+    Column("seed", String(200), nullable=False),
+    Column("hash_version", Integer, nullable=False),
+    Column("namespace", Document, nullable=True),  # [id, start, end]
+    Column("sticky", Integer, nullable=False),
+    Column("bucket_version", Integer, nullable=False),
+    Column("min_bucket_version", Integer, nullable=False),
+    Column("goal", Document, nullable=True),
+    Column("guardrails", Document, nullable=False),
+    Column("bandit", Document, nullable=True),
+    Column("analysis", Document, nullable=False),
+    Column("start_at", BigInteger, nullable=True),
+    Column("end_at", BigInteger, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    PrimaryKeyConstraint("workspace_id", "key"),
+)
+
+exposures = Table(
+    "exposures",
+    metadata,
+    Column("workspace_id", String(40), nullable=False),
+    Column("experiment_key", String(100), nullable=False),
+    Column("profile_id", String(40), nullable=False),
+    Column("variation_key", String(100), nullable=False),
+    Column("first_at", BigInteger, nullable=False),
+    PrimaryKeyConstraint("workspace_id", "experiment_key", "profile_id"),
+    Index(None, "workspace_id", "profile_id"),
+)
+
+sticky_assignments = Table(
+    "sticky_assignments",
+    metadata,
+    Column("workspace_id", String(40), nullable=False),
+    Column("attribute_name", String(32), nullable=False),
+    Column("value_hash", String(64), nullable=False),  # keyed hash of the attribute value
+    Column("profile_id", String(40), nullable=True),
+    Column("assignments", Document, nullable=False),  # {"<experiment>__<version>": variation}
+    Column("updated_at", BigInteger, nullable=False),
+    PrimaryKeyConstraint("workspace_id", "attribute_name", "value_hash"),
+    Index(None, "workspace_id", "profile_id"),
 )
