@@ -459,3 +459,33 @@ def test_runs_history_weekly_job_and_erasure(engine: Engine) -> None:
         ).scalar()
     assert left == 0
     assert not [k for k in engine.segments.of_profile(ws, pid) if k.startswith("cluster:")]
+
+
+def test_clusters_on_demand_through_the_api_and_the_cli(
+    client, engine: Engine, workspace, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from sartor.cli import app
+
+    ws, keys = workspace.workspace, workspace.keys
+    shop = generate(120, random_state=5)
+    _load(engine, ws.id, shop.messages, batch=1000)
+    admin = {"Authorization": f"Bearer {keys['admin']}"}
+    r = client.post("/v1/clusters/run", headers=admin, json={"algorithm": "nope"})
+    assert r.status_code == 400 and r.json()["errors"][0]["field"] == "algorithm"
+    r = client.post("/v1/clusters/run", headers={"Authorization": f"Bearer {keys['read']}"})
+    assert r.status_code == 403
+    r = client.post("/v1/clusters/run", headers=admin, json={"algorithm": "kmeans"})
+    assert r.status_code == 200, r.text
+    run = r.json()
+    assert {"silhouette", "davies_bouldin", "calinski_harabasz"} <= set(run["metrics"])
+    runs = client.get("/v1/clusters/runs", headers=admin).json()["runs"]
+    assert [x["id"] for x in runs] == [run["id"]]
+    segs = {s["key"] for s in client.get("/v1/segments", headers=admin).json()["segments"]}
+    assert {c["key"] for c in run["clusters"]} <= segs
+    if engine.db.dialect.name == "sqlite":  # the CLI opens the same file
+        url = engine.db.url.render_as_string(hide_password=False)
+        out = CliRunner().invoke(app, ["--database-url", url, "segment", "cluster", "shop"])
+        assert out.exit_code == 0, out.output
+        assert len(client.get("/v1/clusters/runs", headers=admin).json()["runs"]) == 2

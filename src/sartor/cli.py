@@ -439,6 +439,33 @@ def segment_members(
     console.print(f"{n} members written to {csv_out}")
 
 
+@segment_app.command("cluster")
+def segment_cluster(
+    ctx: typer.Context,
+    workspace: str,
+    algorithm: Annotated[
+        str, typer.Option(help="kmeans, minibatch_kmeans, dbscan, hdbscan or gmm")
+    ] = "minibatch_kmeans",
+    random_state: Annotated[int, typer.Option(help="Seed")] = 0,
+) -> None:
+    """Cluster the profiles now; each cluster becomes a `cluster:<name>` segment."""
+    from sartor.segments.clustering import run_clustering
+
+    if algorithm not in ("kmeans", "minibatch_kmeans", "dbscan", "hdbscan", "gmm"):
+        err.print(f"[red]unknown algorithm {algorithm!r}[/red]")
+        raise typer.Exit(2)
+    with _engine(ctx) as engine, console.status("clustering profiles"):
+        run = run_clustering(engine, _workspace_id(engine, workspace), algorithm, random_state)
+    if run is None:
+        err.print("[yellow]too few profiles with behaviour to cluster[/yellow]")
+        raise typer.Exit(1)
+    console.print({k: run[k] for k in ("id", "algorithm", "metrics") if k in run})
+    table = Table("cluster", "size")
+    for c in run.get("clusters", []):
+        table.add_row(str(c.get("key", c.get("name"))), str(c.get("size")))
+    console.print(table)
+
+
 @segment_app.command("rfm")
 def segment_rfm(
     ctx: typer.Context,

@@ -98,6 +98,7 @@ def create_app(engine: Engine | None = None, settings: Settings | None = None) -
     for module in (collect, events, experiments, profiles, segments, users, workspace, ops):
         app.include_router(module.router)
     app.include_router(segments.rfm_router)
+    app.include_router(segments.clusters_router)
     app.add_middleware(MetricsMiddleware, access_log=settings.access_log)
 
     def openapi() -> dict[str, Any]:

@@ -118,8 +118,9 @@ def get_equal_weights(num_variations: int) -> list[float]:
     return [1.0 / num_variations] * num_variations
 
 
-def get_bucket_ranges(num_variations: int, coverage: float | None = 1.0,
-                      weights: Sequence[float] | None = None) -> list[BucketRange]:
+def get_bucket_ranges(
+    num_variations: int, coverage: float | None = 1.0, weights: Sequence[float] | None = None
+) -> list[BucketRange]:
     """Bucket range of each variation: consecutive slices of ``[0, 1)`` sized by weight, of
     which only the first ``coverage`` share is used.
 
@@ -173,8 +174,9 @@ class StickyBucketStore(Protocol):
 
     def get(self, attribute_name: str, attribute_value: str) -> Mapping[str, str]: ...
 
-    def save(self, attribute_name: str, attribute_value: str,
-             assignments: Mapping[str, str]) -> None: ...
+    def save(
+        self, attribute_name: str, attribute_value: str, assignments: Mapping[str, str]
+    ) -> None: ...
 
 
 @dataclass
@@ -186,15 +188,18 @@ class InMemoryStickyBucketStore:
     def get(self, attribute_name: str, attribute_value: str) -> Mapping[str, str]:
         return dict(self.docs.get((attribute_name, attribute_value), {}))
 
-    def save(self, attribute_name: str, attribute_value: str,
-             assignments: Mapping[str, str]) -> None:
+    def save(
+        self, attribute_name: str, attribute_value: str, assignments: Mapping[str, str]
+    ) -> None:
         self.docs[(attribute_name, attribute_value)] = dict(assignments)
 
     def as_growthbook_docs(self) -> dict[str, dict[str, Any]]:
         """The documents keyed ``"<name>||<value>"`` as the SDK keeps them."""
         return {
             f"{name}||{value}": {
-                "attributeName": name, "attributeValue": value, "assignments": dict(a),
+                "attributeName": name,
+                "attributeValue": value,
+                "assignments": dict(a),
             }
             for (name, value), a in self.docs.items()
         }
@@ -243,8 +248,9 @@ class ExperimentResult:
         return out
 
 
-def _hash_attribute(attributes: Mapping[str, Any], attribute: Any,
-                    fallback: Any) -> tuple[str, Any]:
+def _hash_attribute(
+    attributes: Mapping[str, Any], attribute: Any, fallback: Any
+) -> tuple[str, Any]:
     name = attribute if isinstance(attribute, str) and attribute else "id"
     value = attributes.get(name)
     if not js_truthy(value):
@@ -276,8 +282,9 @@ def _sticky_key(experiment_key: str, bucket_version: int) -> str:
     return f"{experiment_key}__{bucket_version}"
 
 
-def _sticky_assignments(store: StickyBucketStore, attributes: Mapping[str, Any],
-                        experiment: Mapping[str, Any]) -> dict[str, str]:
+def _sticky_assignments(
+    store: StickyBucketStore, attributes: Mapping[str, Any], experiment: Mapping[str, Any]
+) -> dict[str, str]:
     # fallback document first, so the hash attribute's own document wins on conflicts
     merged: dict[str, str] = {}
     for attribute in (experiment.get("fallbackAttribute"), experiment.get("hashAttribute")):
@@ -287,8 +294,9 @@ def _sticky_assignments(store: StickyBucketStore, attributes: Mapping[str, Any],
     return merged
 
 
-def _sticky_variation(store: StickyBucketStore, attributes: Mapping[str, Any],
-                      experiment: Mapping[str, Any], key: str) -> tuple[int, bool]:
+def _sticky_variation(
+    store: StickyBucketStore, attributes: Mapping[str, Any], experiment: Mapping[str, Any], key: str
+) -> tuple[int, bool]:
     """(remembered variation or -1, whether an older blocked bucket version is remembered)."""
     assignments = _sticky_assignments(store, attributes, experiment)
     version = int(experiment.get("bucketVersion") or 0)
@@ -350,8 +358,13 @@ def assign(
     keys = _variation_keys(exp)
     meta = exp.get("meta")
 
-    def result(index: int, hash_used: bool, reason: str, bucket: float | None = None,
-               sticky_used: bool = False) -> ExperimentResult:
+    def result(
+        index: int,
+        hash_used: bool,
+        reason: str,
+        bucket: float | None = None,
+        sticky_used: bool = False,
+    ) -> ExperimentResult:
         in_exp = 0 <= index < len(variations)
         if not in_exp:
             index = 0
@@ -408,8 +421,9 @@ def assign(
             parent_value = evaluate_feature(str(parent.get("id")))
             if parent_value is CYCLIC_PREREQUISITE:
                 return result(-1, False, "cyclic_prerequisite")
-            if not eval_condition({"value": parent_value}, parent.get("condition") or {},
-                                  saved_groups):
+            if not eval_condition(
+                {"value": parent_value}, parent.get("condition") or {}, saved_groups
+            ):
                 return result(-1, False, "prerequisite_failed")
         exp_groups = exp.get("groups")
         if exp_groups is not None and not any((groups or {}).get(g) for g in exp_groups):
@@ -425,8 +439,9 @@ def assign(
     if not found_sticky:
         ranges = exp.get("ranges")
         if ranges is None:
-            ranges = get_bucket_ranges(len(variations), exp.get("coverage", 1.0),
-                                       exp.get("weights"))
+            ranges = get_bucket_ranges(
+                len(variations), exp.get("coverage", 1.0), exp.get("weights")
+            )
         assigned = choose_variation(n, ranges)
     if version_blocked:
         return result(-1, False, "sticky_bucket_version_blocked", sticky_used=True)
@@ -440,8 +455,13 @@ def assign(
     if exp.get("status") == "stopped":
         return result(-1, False, "stopped")
 
-    out = result(assigned, True, "sticky_bucket" if found_sticky else "assigned", bucket=n,
-                 sticky_used=found_sticky)
+    out = result(
+        assigned,
+        True,
+        "sticky_bucket" if found_sticky else "assigned",
+        bucket=n,
+        sticky_used=found_sticky,
+    )
     if sticky_on and sticky_store is not None:
         doc_value = _sticky_string(hash_value)
         existing = dict(sticky_store.get(hash_attr, doc_value))

@@ -61,8 +61,9 @@ def _rng(random_state: RandomState) -> np.random.Generator:
 # --- posteriors ------------------------------------------------------------------------
 
 
-def _beta_params(successes: Numbers, trials: Numbers, prior_alpha: float,
-                 prior_beta: float) -> tuple[np.ndarray, np.ndarray]:
+def _beta_params(
+    successes: Numbers, trials: Numbers, prior_alpha: float, prior_beta: float
+) -> tuple[np.ndarray, np.ndarray]:
     s = np.asarray(successes, dtype=float)
     t = np.asarray(trials, dtype=float)
     if np.any(s < 0) or np.any(t < s):
@@ -70,8 +71,9 @@ def _beta_params(successes: Numbers, trials: Numbers, prior_alpha: float,
     return s + prior_alpha, t - s + prior_beta
 
 
-def _gaussian_params(stats: Sequence[SampleStats], prior_mean: float,
-                     prior_variance: float) -> tuple[np.ndarray, np.ndarray]:
+def _gaussian_params(
+    stats: Sequence[SampleStats], prior_mean: float, prior_variance: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Normal posterior of each arm's mean: the sample mean with variance ``s^2 / n``
     combined with a normal prior (conjugate, plug-in variance); the prior alone for arms
     with fewer than two observations."""
@@ -95,33 +97,54 @@ def _best_share(samples: np.ndarray) -> np.ndarray:
     return counts / samples.shape[0]
 
 
-def thompson_choice_beta(successes: Numbers, trials: Numbers,
-                         random_state: RandomState = None, *, prior_alpha: float = 1.0,
-                         prior_beta: float = 1.0) -> int:
+def thompson_choice_beta(
+    successes: Numbers,
+    trials: Numbers,
+    random_state: RandomState = None,
+    *,
+    prior_alpha: float = 1.0,
+    prior_beta: float = 1.0,
+) -> int:
     """One Thompson decision for Bernoulli rewards: argmax of one Beta posterior draw each."""
     a, b = _beta_params(successes, trials, prior_alpha, prior_beta)
     return int(np.argmax(_rng(random_state).beta(a, b)))
 
 
-def thompson_weights_beta(successes: Numbers, trials: Numbers,
-                          random_state: RandomState = None, *, draws: int = 10_000,
-                          prior_alpha: float = 1.0, prior_beta: float = 1.0) -> np.ndarray:
+def thompson_weights_beta(
+    successes: Numbers,
+    trials: Numbers,
+    random_state: RandomState = None,
+    *,
+    draws: int = 10_000,
+    prior_alpha: float = 1.0,
+    prior_beta: float = 1.0,
+) -> np.ndarray:
     """Posterior probability that each arm has the highest rate (Monte Carlo)."""
     a, b = _beta_params(successes, trials, prior_alpha, prior_beta)
     samples = _rng(random_state).beta(a, b, size=(draws, len(a)))
     return _best_share(samples)
 
 
-def thompson_choice_gaussian(stats: Sequence[SampleStats], random_state: RandomState = None,
-                             *, prior_mean: float = 0.0, prior_variance: float = 1e6) -> int:
+def thompson_choice_gaussian(
+    stats: Sequence[SampleStats],
+    random_state: RandomState = None,
+    *,
+    prior_mean: float = 0.0,
+    prior_variance: float = 1e6,
+) -> int:
     """One Thompson decision for real-valued rewards (normal posterior on each mean)."""
     m, s = _gaussian_params(stats, prior_mean, prior_variance)
     return int(np.argmax(_rng(random_state).normal(m, s)))
 
 
-def thompson_weights_gaussian(stats: Sequence[SampleStats], random_state: RandomState = None,
-                              *, draws: int = 10_000, prior_mean: float = 0.0,
-                              prior_variance: float = 1e6) -> np.ndarray:
+def thompson_weights_gaussian(
+    stats: Sequence[SampleStats],
+    random_state: RandomState = None,
+    *,
+    draws: int = 10_000,
+    prior_mean: float = 0.0,
+    prior_variance: float = 1e6,
+) -> np.ndarray:
     """Posterior probability that each arm has the highest mean (Monte Carlo)."""
     m, s = _gaussian_params(stats, prior_mean, prior_variance)
     samples = _rng(random_state).normal(m, s, size=(draws, len(m)))
@@ -147,8 +170,7 @@ def epsilon_greedy_weights(means: Numbers, epsilon: float) -> np.ndarray:
     return weights
 
 
-def epsilon_greedy_choice(means: Numbers, epsilon: float,
-                          random_state: RandomState = None) -> int:
+def epsilon_greedy_choice(means: Numbers, epsilon: float, random_state: RandomState = None) -> int:
     """One epsilon-greedy decision."""
     rng = _rng(random_state)
     weights = epsilon_greedy_weights(means, epsilon)
@@ -170,8 +192,7 @@ def apply_floor(weights: Numbers, floor: float) -> np.ndarray:
     return floor + (1 - k * floor) * w
 
 
-def choose_arm(user_id: str, period: int | str, weights: Numbers,
-               salt: str = "") -> int:
+def choose_arm(user_id: str, period: int | str, weights: Numbers, salt: str = "") -> int:
     """Deterministic arm for ``user_id`` in ``period``: the user's hash of ``user + period``
     (GrowthBook hash version 2, seed ``salt``) placed in the cumulative ``weights``."""
     n = hash(salt, f"{user_id}|{period}", 2) or 0.0  # version 2 always hashes
@@ -246,8 +267,12 @@ class BanditPolicy:
         elif self.algorithm == "epsilon_greedy":
             raw = epsilon_greedy_weights([s.mean for s in stats], self.epsilon)
         elif self.reward == "bernoulli":
-            raw = thompson_weights_beta([s.sum for s in stats], [s.n for s in stats],
-                                        self._period_rng(period), draws=self.draws)
+            raw = thompson_weights_beta(
+                [s.sum for s in stats],
+                [s.n for s in stats],
+                self._period_rng(period),
+                draws=self.draws,
+            )
         else:
             raw = thompson_weights_gaussian(stats, self._period_rng(period), draws=self.draws)
         return apply_floor(raw, self.floor_share)

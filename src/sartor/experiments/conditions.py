@@ -301,8 +301,9 @@ def _is_in(actual: Any, expected: Sequence[Any], insensitive: bool = False) -> b
     return any(_same_value_zero(actual, e) for e in expected)
 
 
-def _is_in_all(actual: Any, expected: Sequence[Any], groups: SavedGroups,
-               insensitive: bool) -> bool:
+def _is_in_all(
+    actual: Any, expected: Sequence[Any], groups: SavedGroups, insensitive: bool
+) -> bool:
     if not isinstance(actual, list | tuple):
         return False
     return all(
@@ -331,8 +332,12 @@ def _eval_operator(op: str, actual: Any, expected: Any, groups: SavedGroups) -> 
         a = _utf16_key(padded_version_string(actual))
         e = _utf16_key(padded_version_string(expected))
         return {
-            "$veq": a == e, "$vne": a != e, "$vgt": a > e,
-            "$vgte": a >= e, "$vlt": a < e, "$vlte": a <= e,
+            "$veq": a == e,
+            "$vne": a != e,
+            "$vgt": a > e,
+            "$vgte": a >= e,
+            "$vlt": a < e,
+            "$vlte": a <= e,
         }[op]
     if op == "$eq":
         return _js_strict_equal(actual, expected)
@@ -374,8 +379,9 @@ def _eval_operator(op: str, actual: Any, expected: Any, groups: SavedGroups) -> 
     return False  # unknown operator: never matches
 
 
-def eval_condition_value(condition: Any, value: Any, saved_groups: SavedGroups | None = None,
-                         insensitive: bool = False) -> bool:
+def eval_condition_value(
+    condition: Any, value: Any, saved_groups: SavedGroups | None = None, insensitive: bool = False
+) -> bool:
     """Does ``value`` (an attribute) satisfy ``condition`` (a literal or operator object)?"""
     groups: SavedGroups = saved_groups or {}
     if isinstance(condition, str):
@@ -405,8 +411,9 @@ def _eval_and(obj: Any, conditions: Any, groups: SavedGroups) -> bool:
     return all(isinstance(c, Mapping) and eval_condition(obj, c, groups) for c in conditions)
 
 
-def eval_condition(obj: Any, condition: Mapping[str, Any],
-                   saved_groups: SavedGroups | None = None) -> bool:
+def eval_condition(
+    obj: Any, condition: Mapping[str, Any], saved_groups: SavedGroups | None = None
+) -> bool:
     """Does the attribute document ``obj`` match ``condition``? (``{}`` matches anything.)"""
     groups: SavedGroups = saved_groups or {}
     for key, value in condition.items():

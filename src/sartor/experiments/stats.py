@@ -105,8 +105,9 @@ class SampleStats:
         return cls(n, float(conversions), float(conversions))
 
     def __add__(self, other: SampleStats) -> SampleStats:
-        return SampleStats(self.n + other.n, self.sum + other.sum,
-                           self.sum_squares + other.sum_squares)
+        return SampleStats(
+            self.n + other.n, self.sum + other.sum, self.sum_squares + other.sum_squares
+        )
 
     @property
     def mean(self) -> float:
@@ -142,14 +143,22 @@ class BivariateStats:
         if len(x) != len(y):
             raise ValueError("x and y must have the same length")
         return cls(
-            len(x), float(sum(x)), float(sum(y)), float(sum(a * a for a in x)),
-            float(sum(b * b for b in y)), float(sum(a * b for a, b in zip(x, y, strict=True))),
+            len(x),
+            float(sum(x)),
+            float(sum(y)),
+            float(sum(a * a for a in x)),
+            float(sum(b * b for b in y)),
+            float(sum(a * b for a, b in zip(x, y, strict=True))),
         )
 
     def __add__(self, other: BivariateStats) -> BivariateStats:
         return BivariateStats(
-            self.n + other.n, self.sum_x + other.sum_x, self.sum_y + other.sum_y,
-            self.sum_x2 + other.sum_x2, self.sum_y2 + other.sum_y2, self.sum_xy + other.sum_xy,
+            self.n + other.n,
+            self.sum_x + other.sum_x,
+            self.sum_y + other.sum_y,
+            self.sum_x2 + other.sum_x2,
+            self.sum_y2 + other.sum_y2,
+            self.sum_xy + other.sum_xy,
         )
 
     @property
@@ -405,8 +414,14 @@ def _two_sided_p(estimate: float, se: float, df: float) -> float:
     return min(1.0, 2 * _t_sf(abs(estimate / se), df))
 
 
-def _inference(estimate: float, se: float, df: float, alpha: float,
-               sequential: SequentialSettings | None, n_total: int) -> Inference:
+def _inference(
+    estimate: float,
+    se: float,
+    df: float,
+    alpha: float,
+    sequential: SequentialSettings | None,
+    n_total: int,
+) -> Inference:
     if sequential is None:
         half = _t_ppf(1 - alpha / 2, df) * se
         p = _two_sided_p(estimate, se, df)
@@ -433,8 +448,11 @@ def compare(
     """Frequentist and Bayesian comparison of ``treatment`` with ``control``."""
     mc, mt = control.mean, treatment.mean
     vc, vt = control.var_mean, treatment.var_mean
-    df = welch_df(control.variance, control.n, treatment.variance, treatment.n) \
-        if control.n > 1 and treatment.n > 1 else _NAN
+    df = (
+        welch_df(control.variance, control.n, treatment.variance, treatment.n)
+        if control.n > 1 and treatment.n > 1
+        else _NAN
+    )
     n_total = control.n + treatment.n
 
     abs_est = mt - mc
@@ -527,9 +545,16 @@ def analyze(
     """Every other variation against the control, with adjusted p-values when asked."""
     control = summaries[control_index]
     results = [
-        compare(control, s, alpha=alpha, difference_type=difference_type,
-                sequential=sequential, prior=prior)
-        for i, s in enumerate(summaries) if i != control_index
+        compare(
+            control,
+            s,
+            alpha=alpha,
+            difference_type=difference_type,
+            sequential=sequential,
+            prior=prior,
+        )
+        for i, s in enumerate(summaries)
+        if i != control_index
     ]
     if correction is not None and results:
         raw = [r.chosen.p_value for r in results]
@@ -552,8 +577,9 @@ class SrmResult:
     expected: tuple[float, ...]
 
 
-def srm_test(counts: Sequence[int], weights: Sequence[float] | None = None,
-             threshold: float = 0.001) -> SrmResult:
+def srm_test(
+    counts: Sequence[int], weights: Sequence[float] | None = None, threshold: float = 0.001
+) -> SrmResult:
     """Chi-square goodness of fit of the units per variation against the planned split
     (``weights``, normalised; equal by default); flagged when ``p < threshold``."""
     k = len(counts)
@@ -636,5 +662,7 @@ def verdict(
         return f"{treatment_name} beats {control_name} on {metric}: {figures}"
     if comparison.significant and chosen.estimate < 0:
         return f"{treatment_name} loses to {control_name} on {metric}: {figures}"
-    return f"no significant difference yet between {treatment_name} and {control_name} " \
+    return (
+        f"no significant difference yet between {treatment_name} and {control_name} "
         f"on {metric}: {figures}"
+    )

@@ -151,3 +151,41 @@ def run_rfm(workspace: AdminWorkspace, engine: EngineDep, body: Json | None = No
         except ValueError as exc:
             raise _field_error(FieldError("reference_date", str(exc))) from None
     return json_response({"groups": engine.segments.run_rfm(workspace.id, reference)})
+
+
+clusters_router = APIRouter(prefix="/v1/clusters", tags=["segments"])
+ALGORITHMS = ("kmeans", "minibatch_kmeans", "dbscan", "hdbscan", "gmm")
+
+
+@clusters_router.post("/run", summary="Cluster the profiles now; clusters become segments")
+def run_clusters(
+    workspace: AdminWorkspace, engine: EngineDep, body: Json | None = None
+) -> Response:
+    """Body (all optional): `algorithm` (kmeans, minibatch_kmeans, dbscan, hdbscan, gmm;
+    default minibatch_kmeans), `random_state`. Returns the run with its metrics, stability
+    against the previous run, and the cluster profiles; 409 with too few profiles."""
+    from sartor.segments.clustering import run_clustering
+
+    body = body or {}
+    algorithm = body.get("algorithm", "minibatch_kmeans")
+    if algorithm not in ALGORITHMS:
+        raise _field_error(FieldError("algorithm", f"must be one of {', '.join(ALGORITHMS)}"))
+    seed = body.get("random_state", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise _field_error(FieldError("random_state", "must be an integer"))
+    run = run_clustering(engine, workspace.id, algorithm, seed)
+    if run is None:
+        raise ApiError(409, "not_enough_profiles", "too few profiles with behaviour to cluster")
+    return json_response(run)
+
+
+@clusters_router.get("/runs", summary="Clustering runs, newest first, with their metrics")
+def list_runs(
+    workspace: ReadWorkspace, engine: EngineDep, limit: Annotated[int, Query(ge=1, le=200)] = 20
+) -> Response:
+    from sartor.segments.clustering import cluster_runs
+
+    runs = cluster_runs(engine, workspace.id, limit)
+    for run in runs:
+        run["createdAt"] = iso(run["createdAt"])
+    return json_response({"runs": runs})
