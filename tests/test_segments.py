@@ -327,3 +327,35 @@ def test_rfm_matches_a_pandas_computation_on_online_retail(sqlite_engine: Engine
                 break
     assert len(expected) > 200
     assert got == expected
+
+
+def test_rfm_quantiles_are_configurable(client, engine: Engine, workspace) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    from sartor.segments.rfm import RFM, to_five
+
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame(
+        {
+            "recency_days": rng.uniform(0, 300, 400),
+            "frequency": rng.integers(1, 30, 400),
+            "monetary": rng.gamma(2.0, 80.0, 400),
+        },
+        index=[f"p{i:04d}" for i in range(400)],
+    )
+    ten = RFM(n_quantiles=10).fit(frame)
+    assert ten.scores_["F"].min() == 1 and ten.scores_["F"].max() == 10
+    assert (ten.scores_["F"].value_counts() == 40).all()  # equal-sized bins
+    r5, f5 = to_five(ten.scores_["R"].iloc[0], 10), to_five(ten.scores_["F"].iloc[0], 10)
+    assert ten.groups_.iloc[0] == group_of(r5, f5)
+    with pytest.raises(ValueError):
+        RFM(n_quantiles=1).fit(frame)
+    # Same data as the 1-5 grid when n = 5.
+    assert (RFM(n_quantiles=5).fit(frame).groups_ == RFM().fit(frame).groups_).all()
+
+    _shop(engine, workspace.workspace)
+    admin = bearer(workspace.keys["admin"])
+    r = client.post("/v1/rfm/run", headers=admin, json={"quantiles": 4})
+    assert r.status_code == 200 and sum(r.json()["groups"].values()) > 0
+    r = client.post("/v1/rfm/run", headers=admin, json={"quantiles": 11})
+    assert r.status_code == 400 and r.json()["errors"][0]["field"] == "quantiles"

@@ -471,6 +471,7 @@ def segment_rfm(
     ctx: typer.Context,
     workspace: str,
     reference_date: Annotated[str | None, typer.Option(help="ISO date; default now")] = None,
+    quantiles: Annotated[int, typer.Option(min=2, max=10, help="Score bins")] = 5,
 ) -> None:
     """Recompute RFM scores and groups."""
     from sartor.collect.messages import parse_timestamp

@@ -57,6 +57,11 @@ def group_of(r: int, f: int) -> str:
     return _GRID[r][f - 1]
 
 
+def to_five(score: int, n: int) -> int:
+    """A 1..n score on the 1-5 scale of the group grid (quantile boundaries kept)."""
+    return min(5, max(1, int(np.ceil(score * 5 / n))))
+
+
 def quantile_scores(values: pd.Series, n: int, higher_is_better: bool = True) -> pd.Series:
     """1..n scores from equal-sized rank bins (ties broken by order)."""
     ranks = values.rank(method="first", ascending=higher_is_better)
@@ -68,7 +73,8 @@ def quantile_scores(values: pd.Series, n: int, higher_is_better: bool = True) ->
 
 
 class RFM(BaseEstimator):
-    """RFM scores and groups for customers.
+    """RFM scores and groups for customers. Scores run 1..``n_quantiles`` (2-10; 5 is the
+    usual); the named groups read them on the 1-5 grid above.
 
     ``fit(X)`` takes a DataFrame indexed by customer with ``recency_days``, ``frequency``
     (orders) and ``monetary`` (net revenue). Customers without an order are left out.
@@ -82,19 +88,28 @@ class RFM(BaseEstimator):
         missing = {"recency_days", "frequency", "monetary"} - set(X.columns)
         if missing:
             raise ValueError(f"RFM.fit needs columns {sorted(missing)}")
-        if self.n_quantiles != 5:
-            raise ValueError("the named groups are defined on 1-5 scores; use n_quantiles=5")
+        n = self.n_quantiles
+        if not isinstance(n, int) or not 2 <= n <= 10:
+            raise ValueError("n_quantiles must be a whole number from 2 to 10")
         data = X[(X["frequency"] > 0) & X["recency_days"].notna()].sort_index()
         scores = pd.DataFrame(index=data.index)
         if len(data):
-            scores["R"] = quantile_scores(data["recency_days"], 5, higher_is_better=False)
-            scores["F"] = quantile_scores(data["frequency"], 5)
-            scores["M"] = quantile_scores(data["monetary"], 5)
+            scores["R"] = quantile_scores(data["recency_days"], n, higher_is_better=False)
+            scores["F"] = quantile_scores(data["frequency"], n)
+            scores["M"] = quantile_scores(data["monetary"], n)
+            sep = "-" if n > 9 else ""
             scores["RFM"] = (
-                scores["R"].astype(str) + scores["F"].astype(str) + scores["M"].astype(str)
+                scores["R"].astype(str)
+                + sep
+                + scores["F"].astype(str)
+                + sep
+                + scores["M"].astype(str)
             )
             groups = pd.Series(
-                [group_of(r, f) for r, f in zip(scores["R"], scores["F"], strict=True)],
+                [
+                    group_of(to_five(r, n), to_five(f, n))
+                    for r, f in zip(scores["R"], scores["F"], strict=True)
+                ],
                 index=scores.index,
                 name="group",
             )

@@ -550,11 +550,12 @@ class Segments:
         frame = pd.DataFrame(rows, columns=["profile_id", "recency_days", "frequency", "monetary"])
         return frame.set_index("profile_id")
 
-    def run_rfm(self, ws: str, reference: int | None = None) -> dict[str, int]:
-        """Score every customer and store the ``rfm:<group>`` memberships; returns sizes."""
+    def run_rfm(self, ws: str, reference: int | None = None, quantiles: int = 5) -> dict[str, int]:
+        """Score every customer against ``reference`` (default now) in ``quantiles`` bins and
+        store the ``rfm:<group>`` memberships; returns the group sizes."""
         now = reference if reference is not None else now_ms()
         self.engine.updater.replay()
-        model = RFM().fit(self.rfm_frame(ws, now))
+        model = RFM(n_quantiles=quantiles).fit(self.rfm_frame(ws, now))
         scores = model.scores_
         with write_tx(self.db) as conn:
             conn.execute(

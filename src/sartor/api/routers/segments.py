@@ -142,7 +142,10 @@ def sizes(key: str, workspace: ReadWorkspace, engine: EngineDep) -> Response:
 rfm_router = APIRouter(prefix="/v1/rfm", tags=["segments"])
 
 
-@rfm_router.post("/run", summary="Recompute RFM scores and groups now")
+@rfm_router.post(
+    "/run",
+    summary="Recompute RFM scores and groups now; body: `reference_date`, `quantiles` (2-10)",
+)
 def run_rfm(workspace: AdminWorkspace, engine: EngineDep, body: Json | None = None) -> Response:
     reference = None
     if body and body.get("reference_date") is not None:
@@ -150,7 +153,10 @@ def run_rfm(workspace: AdminWorkspace, engine: EngineDep, body: Json | None = No
             reference = parse_timestamp(body["reference_date"])
         except ValueError as exc:
             raise _field_error(FieldError("reference_date", str(exc))) from None
-    return json_response({"groups": engine.segments.run_rfm(workspace.id, reference)})
+    quantiles = (body or {}).get("quantiles", 5)
+    if not isinstance(quantiles, int) or isinstance(quantiles, bool) or not 2 <= quantiles <= 10:
+        raise _field_error(FieldError("quantiles", "must be a whole number from 2 to 10"))
+    return json_response({"groups": engine.segments.run_rfm(workspace.id, reference, quantiles)})
 
 
 clusters_router = APIRouter(prefix="/v1/clusters", tags=["segments"])
