@@ -48,7 +48,6 @@ import itertools
 import json
 import os
 import platform
-import random
 import secrets
 import shutil
 import signal
@@ -59,7 +58,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -80,6 +78,7 @@ from sartor.engine import Engine  # noqa: E402
 from sartor.profiles import folds  # noqa: E402
 from sartor.profiles import store as profile_store  # noqa: E402
 from sartor.storage.db import write_tx  # noqa: E402
+from sartor.testing.traffic import Traffic  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get(
     "SARTOR_BENCH_POSTGRES_URL", "postgresql+psycopg://root@127.0.0.1:5432"
@@ -91,114 +90,6 @@ WARMUP_S = 2.0
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-# -- traffic ----------------------------------------------------------------------------------
-
-CATEGORIES = ("Shoes", "Shirts", "Jackets", "Bags", "Hats", "Socks", "Watches", "Belts")
-BRANDS = ("Acme", "Northwind", "Contoso", "Globex", "Initech", "Umbrella")
-PLANS = ("free", "plus", "pro")
-
-
-@dataclass
-class Person:
-    user_id: str | None  # None: never signs in
-    devices: list[str]  # one anonymousId per device
-    signed_in: set[int] = field(default_factory=set)
-
-
-def _iso(ms: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
-
-
-def _product(rng: random.Random) -> dict[str, Any]:
-    n = rng.randrange(1, 1500)
-    return {
-        "product_id": f"prod-{n:05d}",
-        "name": f"{BRANDS[n % 6]} {CATEGORIES[n % 8]} {n}",
-        "brand": BRANDS[n % 6],
-        "category": CATEGORIES[n % 8],
-        "price": round(4.5 + (n % 180) * 0.85, 2),
-    }
-
-
-def _track(rng: random.Random) -> tuple[str, dict[str, Any]]:
-    r = rng.random()
-    if r < 0.55:
-        return "Product Viewed", _product(rng)
-    if r < 0.75:
-        return "Product Added", {**_product(rng), "quantity": rng.randrange(1, 4)}
-    if r < 0.81:
-        return "Checkout Started", {"value": round(rng.uniform(10, 300), 2)}
-    if r < 0.88:
-        products = [{**_product(rng), "quantity": rng.randrange(1, 3)} for _ in range(3)]
-        del products[rng.randrange(0, 3) + 1 :]
-        props: dict[str, Any] = {"order_id": f"o-{rng.getrandbits(40):010x}", "products": products}
-        props["revenue"] = round(sum(p["price"] * p["quantity"] for p in products), 2)
-        return "Order Completed", props
-    if r < 0.90:
-        return "Order Refunded", {"order_id": "o-x", "total": round(rng.uniform(5, 120), 2)}
-    return "Product List Viewed", {"category": rng.choice(CATEGORIES)}
-
-
-def _traits(rng: random.Random, person: Person) -> dict[str, Any]:
-    r = rng.random()
-    if r < 0.4:
-        return {"plan": rng.choice(PLANS), "name": f"Person {person.user_id}"}
-    if r < 0.7:
-        return {"$set": {"plan": rng.choice(PLANS), "visits": rng.randrange(100)}}
-    if r < 0.9:
-        return {"$set_once": {"first_source": rng.choice(("ads", "seo", "mail"))}}
-    return {"$unset": ["visits"]}
-
-
-class Traffic:
-    """A long-tailed crowd of shoppers; ``second_devices`` adds profile merges."""
-
-    def __init__(self, people: int, seed: int, second_devices: bool = True) -> None:
-        self.rng = rng = random.Random(seed)
-        self.crowd = [
-            Person(
-                f"user-{i:05d}" if rng.random() < 0.7 else None,
-                [
-                    str(uuid.UUID(int=rng.getrandbits(128), version=4))
-                    for _ in range(rng.choice((1, 2)) if second_devices else 1)
-                ],
-            )
-            for i in range(people)
-        ]
-        self.cum = list(itertools.accumulate(rng.paretovariate(1.5) for _ in self.crowd))
-
-    def event(self, ts: int) -> dict[str, Any]:
-        rng = self.rng
-        person = rng.choices(self.crowd, cum_weights=self.cum)[0]
-        device = rng.randrange(len(person.devices))
-        msg: dict[str, Any] = {
-            "messageId": f"bench-{uuid.UUID(int=rng.getrandbits(128), version=4)}",
-            "anonymousId": person.devices[device],
-            "timestamp": _iso(ts),
-            "context": {"ip": f"203.0.113.{rng.randrange(1, 255)}", "locale": "en-US"},
-        }
-        signed_in = device in person.signed_in
-        if person.user_id and not signed_in and rng.random() < 0.08:
-            person.signed_in.add(device)  # signs in on this device: identify links (or merges)
-            msg.update(type="identify", userId=person.user_id, traits=_traits(rng, person))
-        else:
-            if signed_in:
-                msg["userId"] = person.user_id
-            r = rng.random()
-            if signed_in and r < 0.03:
-                msg.update(type="identify", traits=_traits(rng, person))
-            elif r < 0.15:
-                msg.update(type="page", name="Home", properties={"path": "/"})
-            else:
-                name, props = _track(rng)
-                msg.update(type="track", event=name, properties=props)
-        return msg
-
-    def history(self, n: int, end_ms: int, span_ms: int = 86_400_000) -> list[dict[str, Any]]:
-        step = span_ms / n
-        return [self.event(int(end_ms - span_ms + i * step)) for i in range(n)]
 
 
 # -- machine load -------------------------------------------------------------------------------
@@ -485,7 +376,9 @@ def bench_fold_sqlite(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     settings = bench_settings(home)
     with Engine.open(f"sqlite:///{base}", settings=settings) as engine:
         ws = engine.create_workspace("bench").workspace.id
-        events = Traffic(args.users, args.seed).history(args.events, int(time.time() * 1000))
+        events = Traffic(args.users, args.seed, prefix="bench").history(
+            args.events, int(time.time() * 1000)
+        )
         t0 = time.perf_counter()
         ingest_all(engine, ws, events)
         log(f"sqlite: {args.events:,} events ingested in {time.perf_counter() - t0:.1f}s")
@@ -573,7 +466,9 @@ def bench_fold_pg(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         settings = bench_settings(home, redis_url=REDIS_URL, redis_namespace=park)
         with Engine.open(base_url, settings=settings) as engine:
             ws = engine.create_workspace("bench").workspace.id
-            events = Traffic(args.users, args.seed).history(args.events, int(time.time() * 1000))
+            events = Traffic(args.users, args.seed, prefix="bench").history(
+                args.events, int(time.time() * 1000)
+            )
             t0 = time.perf_counter()
             with AutoAnalyze(base_url) as analyzer:
                 ingest_all(engine, ws, events)
@@ -812,7 +707,7 @@ def bench_latency_sqlite(args: argparse.Namespace, tmp: Path, run: int) -> dict[
         )
         if args.folds_only:  # diagnosis: no segment evaluation on each fold batch
             engine.updater.batch_listeners.clear()
-        traffic = Traffic(args.users, args.seed + run, second_devices=False)
+        traffic = Traffic(args.users, args.seed + run, second_devices=False, prefix="bench")
         ingest_all(engine, ws.id, traffic.history(args.history, int(time.time() * 1000) - 1000))
         engine.start()  # its replay folds the history
         wait_caught_up(engine.db)
@@ -847,7 +742,7 @@ def bench_latency_pg(args: argparse.Namespace, tmp: Path, run: int) -> dict[str,
     db = create_engine(url)
     r = redis.Redis.from_url(REDIS_URL)
     stack = contextlib.ExitStack()
-    traffic = Traffic(args.users, args.seed + run, second_devices=False)
+    traffic = Traffic(args.users, args.seed + run, second_devices=False, prefix="bench")
     try:
         stack.enter_context(AutoAnalyze(url))
         settings = bench_settings(home, redis_url=REDIS_URL, redis_namespace=ns)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import http.client
-import itertools
 import math
 import os
 import random
@@ -24,8 +23,6 @@ import secrets
 import sys
 import threading
 import time
-import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +34,7 @@ from sartor.config import Settings
 from sartor.engine import Engine
 from sartor.profiles.folds import SYSTEM_EVENTS
 from sartor.storage.db import make_engine
+from sartor.testing.traffic import Traffic
 from tests.conftest import drop_pg_database, new_pg_database, require_redis
 from tests.server import ServerProcess, WorkerProcess
 
@@ -51,112 +49,20 @@ GROUP = "profile-updaters"
 
 # -- the traffic ---------------------------------------------------------------------------------
 
-CATEGORIES = ("Shoes", "Shirts", "Jackets", "Bags", "Hats", "Socks", "Watches", "Belts")
-BRANDS = ("Acme", "Northwind", "Contoso", "Globex", "Initech", "Umbrella")
-PLANS = ("free", "plus", "pro")
-
-
-@dataclass
-class Person:
-    user_id: str | None  # None: never signs in
-    devices: list[str]  # one anonymousId per device
-    signed_in: set[int] = field(default_factory=set)
-
-
-def _iso(ms: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
-
-
-def _product(rng: random.Random) -> dict[str, Any]:
-    n = rng.randrange(1, 1500)
-    return {
-        "product_id": f"prod-{n:05d}",
-        "name": f"{BRANDS[n % 6]} {CATEGORIES[n % 8]} {n}",
-        "brand": BRANDS[n % 6],
-        "category": CATEGORIES[n % 8],
-        "price": round(4.5 + (n % 180) * 0.85, 2),
-    }
-
-
-def _track(rng: random.Random) -> tuple[str, dict[str, Any]]:
-    r = rng.random()
-    if r < 0.55:
-        return "Product Viewed", _product(rng)
-    if r < 0.75:
-        return "Product Added", {**_product(rng), "quantity": rng.randrange(1, 4)}
-    if r < 0.81:
-        return "Checkout Started", {"value": round(rng.uniform(10, 300), 2)}
-    if r < 0.88:
-        products = [{**_product(rng), "quantity": rng.randrange(1, 3)} for _ in range(3)]
-        del products[rng.randrange(0, 3) + 1 :]
-        props: dict[str, Any] = {"order_id": f"o-{rng.getrandbits(40):010x}", "products": products}
-        if rng.random() < 0.7:
-            props["revenue"] = round(sum(p["price"] * p["quantity"] for p in products), 2)
-        return "Order Completed", props
-    if r < 0.90:
-        return "Order Refunded", {"order_id": "o-x", "total": round(rng.uniform(5, 120), 2)}
-    return "Product List Viewed", {"category": rng.choice(CATEGORIES)}
-
-
-def _traits(rng: random.Random, person: Person) -> dict[str, Any]:
-    r = rng.random()
-    if r < 0.4:
-        return {"plan": rng.choice(PLANS), "name": f"Person {person.user_id}"}
-    if r < 0.7:
-        return {"$set": {"plan": rng.choice(PLANS), "visits": rng.randrange(100)}}
-    if r < 0.9:
-        return {"$set_once": {"first_source": rng.choice(("ads", "seo", "mail"))}}
-    return {"$unset": ["visits"]}
-
 
 def make_traffic(n: int, people: int, seed: int, end_ms: int) -> list[dict[str, Any]]:
-    """``n`` events of ``people`` people (a long-tailed share each), timestamps over the hour
-    before ``end_ms`` with some late arrivals."""
-    rng = random.Random(seed)
-    crowd = [
-        Person(
-            f"user-{i:05d}" if rng.random() < 0.7 else None,
-            [
-                str(uuid.UUID(int=rng.getrandbits(128), version=4))
-                for _ in range(rng.choice((1, 2)))
-            ],
-        )
-        for i in range(people)
-    ]
-    cum = list(itertools.accumulate(rng.paretovariate(1.5) for _ in crowd))
+    """``n`` events of ``people`` people (a long-tailed share each, and everyone at least
+    once), timestamps over the hour before ``end_ms`` with some late arrivals."""
+    traffic = Traffic(people, seed, prefix="scale", revenue_share=0.7, email_share=0.3)
     step = 3_600_000 / n
     clock = end_ms - 3_600_000
     out: list[dict[str, Any]] = []
     for i in range(n):
-        person = rng.choices(crowd, cum_weights=cum)[0] if i % 64 else crowd[i // 64 % people]
-        device = rng.randrange(len(person.devices))
         ts = int(clock + i * step)
-        if rng.random() < 0.03:
-            ts -= rng.randrange(1, 7_200_000)  # late: arrives long after it happened
-        msg: dict[str, Any] = {
-            "messageId": f"scale-{uuid.UUID(int=rng.getrandbits(128), version=4)}",
-            "anonymousId": person.devices[device],
-            "timestamp": _iso(ts),
-            "context": {"ip": f"203.0.113.{rng.randrange(1, 255)}", "locale": "en-US"},
-        }
-        signed_in = device in person.signed_in
-        if person.user_id and not signed_in and rng.random() < 0.08:
-            person.signed_in.add(device)  # signs in on this device: identify links (or merges)
-            msg.update(type="identify", userId=person.user_id, traits=_traits(rng, person))
-            if rng.random() < 0.3:
-                msg["traits"]["email"] = f"{person.user_id}@example.com"
-        else:
-            if signed_in:
-                msg["userId"] = person.user_id
-            r = rng.random()
-            if signed_in and r < 0.03:
-                msg.update(type="identify", traits=_traits(rng, person))
-            elif r < 0.15:
-                msg.update(type="page", name="Home", properties={"path": "/"})
-            else:
-                name, props = _track(rng)
-                msg.update(type="track", event=name, properties=props)
-        out.append(msg)
+        if traffic.rng.random() < 0.03:
+            ts -= traffic.rng.randrange(1, 7_200_000)  # late: arrives long after it happened
+        person = None if i % 64 else traffic.crowd[i // 64 % people]
+        out.append(traffic.event(ts, person))
     return out
 
 

@@ -42,32 +42,6 @@ def doc_of(row: Any | None) -> tuple[Doc, int]:
     return doc, int(row.last_seq)
 
 
-def events_after(
-    conn: Connection, workspace_id: str, pids: Sequence[str], after: int
-) -> Iterator[Any]:
-    """The profiles' events with ``seq > after``, in log order, streamed."""
-    query = (
-        select(
-            events.c.seq,
-            events.c.message_id,
-            events.c.type,
-            events.c.event,
-            events.c.timestamp,
-            events.c.received_at,
-            events.c.profile_id,
-            events.c.payload,
-        )
-        .where(
-            events.c.workspace_id == workspace_id,
-            events.c.profile_id.in_(list(pids)),
-            events.c.seq > after,
-        )
-        .order_by(events.c.seq)
-    )
-    # Per statement: Connection.execution_options would stream every later statement too.
-    yield from conn.execute(query.execution_options(yield_per=2000))
-
-
 _EVENT_COLUMNS = (
     events.c.seq,
     events.c.message_id,
@@ -85,7 +59,7 @@ def events_after_each(
 ) -> Iterator[Any]:
     """Each profile's events past its own watermark, in log order, streamed.
 
-    Unlike ``events_after`` with the lowest watermark, a profile new to the batch (or far
+    Unlike one query from the lowest watermark, a profile new to the batch (or far
     behind) does not drag in every other profile's older events: those rows would be read,
     sent and decoded only to be skipped. A ``VALUES`` list joined on the
     ``(workspace_id, profile_id)`` index (SQLite and PostgreSQL)."""
@@ -114,21 +88,6 @@ def _events_after_each_query(n: int) -> Executable:
     )
 
 
-def save(conn: Connection, workspace_id: str, pid: str, doc: Doc, last_seq: int) -> None:
-    state = {k: v for k, v in doc.items() if k != "traits"}
-    conn.execute(
-        update(profiles)
-        .where(profiles.c.workspace_id == workspace_id, profiles.c.profile_id == pid)
-        .values(
-            computed=state,
-            traits=doc["traits"],
-            last_seq=last_seq,
-            version=profiles.c.version + 1,
-            updated_at=now_ms(),
-        )
-    )
-
-
 _SAVE_MANY = (
     update(profiles)
     .where(
@@ -145,7 +104,8 @@ _SAVE_MANY = (
 
 
 def save_many(conn: Connection, workspace_id: str, saves: Sequence[tuple[str, Doc, int]]) -> None:
-    """``save`` for several ``(profile, doc, last_seq)`` in one executemany (pipelined on
+    """Save the fold state and watermark of several ``(profile, doc, last_seq)`` in one
+    executemany (pipelined on
     PostgreSQL: one round trip instead of one per profile)."""
     now = now_ms()
     rows = [

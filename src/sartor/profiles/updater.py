@@ -176,13 +176,9 @@ class ProfileUpdater:
             except Exception:
                 log.exception("profile batch listener failed")
 
-    def refresh(self, ws: str, pid: str, doc: Doc, now: int, interactions: int) -> ProfileChange:
-        """Recompute a hot user's preferences at ``now`` and keep them on the profile."""
-        return self.refresh_many([(ws, pid, doc, interactions)], now)[0]
-
     def refresh_many(self, hot: list[tuple[str, str, Doc, int]], now: int) -> list[ProfileChange]:
-        """``refresh`` for several ``(workspace, profile, doc, interactions)``, written in
-        one transaction."""
+        """Recompute hot users' preferences at ``now`` and keep them on their profiles, for
+        several ``(workspace, profile, doc, interactions)`` in one transaction."""
         out: list[ProfileChange] = []
         for ws, pid, doc, interactions in hot:
             current = view(doc, now, self.config)
