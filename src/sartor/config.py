@@ -13,6 +13,17 @@ from sartor.profiles.folds import ProfileConfig
 
 DEV_SECRET = "sartor-dev-secret-change-me"
 
+# view < add < purchase; ratings come from the event itself.
+DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
+    "Product Viewed": 1.0,
+    "Product Clicked": 1.0,
+    "Product Added to Wishlist": 2.0,
+    "Product Added": 3.0,
+    "Checkout Started": 3.0,
+    "Order Completed": 5.0,
+    "Product Reviewed": 1.0,
+}
+
 
 class Settings(BaseSettings):
     """Every knob of the engine. Each field maps to ``SARTOR_<NAME>`` in the environment."""
@@ -82,6 +93,23 @@ class Settings(BaseSettings):
     )
     reconcile_seconds: float = Field(
         5.0, gt=0, description="How often the updater replays the log past its checkpoint."
+    )
+    rec_event_weights: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS),
+        description="Interaction weight of each event name for training (JSON object). "
+        "`Product Reviewed` uses its `rating` instead.",
+    )
+    rec_half_life_days: float = Field(
+        90.0, gt=0, description="Half-life of an interaction's weight in training."
+    )
+    rec_retrain_hours: float = Field(
+        24.0, ge=0, description="How often the server retrains the models; 0 never."
+    )
+    rec_ann_threshold: int = Field(
+        50_000, ge=0, description="Catalog size from which candidates come from FAISS, not numpy."
+    )
+    rec_cache_seconds: float = Field(
+        300.0, ge=0, description="How long a served list is cached (until the profile changes)."
     )
 
     @model_validator(mode="after")

@@ -246,3 +246,88 @@ sticky_assignments = Table(
     PrimaryKeyConstraint("workspace_id", "attribute_name", "value_hash"),
     Index(None, "workspace_id", "profile_id"),
 )
+
+items = Table(
+    "items",
+    metadata,
+    Column("workspace_id", String(40), nullable=False),
+    Column("item_id", String(200), nullable=False),
+    Column("title", Text, nullable=True),
+    Column("description", Text, nullable=True),
+    Column("category", Text, nullable=True),  # a path: "Home > Kitchen > Mugs"
+    Column("brand", String(200), nullable=True),
+    Column("price", Float, nullable=True),
+    Column("currency", String(3), nullable=True),
+    Column("in_stock", Integer, nullable=False),
+    Column("tags", Document, nullable=False),
+    Column("attributes", Document, nullable=False),
+    Column("source", String(16), nullable=False),  # catalog (declared) or events (seen)
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    PrimaryKeyConstraint("workspace_id", "item_id"),
+    Index(None, "workspace_id", "updated_at"),
+)
+
+model_versions = Table(
+    "model_versions",
+    metadata,
+    Column("workspace_id", String(40), nullable=False),
+    Column("slot", String(100), nullable=False),  # the model's name in the registry, e.g. "als"
+    Column("version", Integer, nullable=False),
+    Column("kind", String(40), nullable=False),  # the model class, e.g. "ALS"
+    Column("params", Document, nullable=False),
+    Column("metrics", Document, nullable=False),
+    Column("path", Text, nullable=False),  # artifact folder, relative to SARTOR_HOME/models
+    Column("status", String(16), nullable=False),  # active, retired, failed
+    Column("n_users", BigInteger, nullable=False),
+    Column("n_items", BigInteger, nullable=False),
+    Column("n_interactions", BigInteger, nullable=False),
+    Column("train_seconds", Float, nullable=False),
+    Column("trained_at", BigInteger, nullable=False),
+    PrimaryKeyConstraint("workspace_id", "slot", "version"),
+)
+
+recommendations = Table(
+    "recommendations",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("workspace_id", String(40), nullable=False),
+    Column("profile_id", String(40), nullable=True),
+    Column("slot", String(100), nullable=False),
+    Column("models", Document, nullable=False),  # {"als": 3, "popularity": 1}
+    Column("items", Document, nullable=False),  # the item ids served, in order
+    Column("personalized", Integer, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Index(None, "workspace_id", "created_at"),
+    Index(None, "workspace_id", "profile_id"),
+)
+
+recommendation_outcomes = Table(
+    "recommendation_outcomes",
+    metadata,
+    Column("workspace_id", String(40), nullable=False),
+    Column("event_seq", BigInteger, nullable=False),
+    Column("recommendation_id", String(40), nullable=False),
+    Column("event", String(200), nullable=False),  # Product Clicked, Order Completed, ...
+    Column("item_id", String(200), nullable=True),
+    Column("revenue", Float, nullable=True),
+    Column("at", BigInteger, nullable=False),
+    PrimaryKeyConstraint("workspace_id", "event_seq"),
+    Index(None, "workspace_id", "recommendation_id"),
+)
+
+import_jobs = Table(
+    "import_jobs",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("workspace_id", String(40), nullable=False),
+    Column("kind", String(16), nullable=False),  # events, profiles, items
+    Column("filename", Text, nullable=False),
+    Column("options", Document, nullable=False),  # mapping, format, ...
+    Column("status", String(16), nullable=False),  # queued, running, done, failed
+    Column("counts", Document, nullable=False),  # read, imported, rejected, by reason
+    Column("error", Text, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Index(None, "workspace_id", "created_at"),
+)
