@@ -158,7 +158,7 @@ class Recommender(ABC):
         path = Path(folder)
         path.mkdir(parents=True, exist_ok=True)
         arrays = self._arrays()
-        np.savez(path / ARRAYS_FILE, **arrays)
+        np.savez(path / ARRAYS_FILE, allow_pickle=False, **arrays)
         meta = {
             "model": self.name,
             "params": self.get_params(),

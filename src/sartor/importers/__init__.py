@@ -1,0 +1,1 @@
+"""File imports: events, profiles (CRM), items and third-party signals."""

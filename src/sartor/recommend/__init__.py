@@ -1,0 +1,1 @@
+"""Recommendations: catalog, interactions, models, registry, serving and evaluation."""
