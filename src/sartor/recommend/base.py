@@ -13,7 +13,12 @@ external ids to rows. Every model can
 * ``similar_items(item_rows, k)`` with the same return shape, never returning the item
   itself;
 * ``save(folder)`` to ``model.npz`` plus ``model.json`` and ``load(folder)`` back, with no
-  pickle anywhere.
+  pickle anywhere;
+* ``forget_users(user_rows)`` for erasure: those users' rows and factors are zeroed and
+  they get no personal recommendations any more.
+
+Rows are checked: an unknown (or negative) user or item row raises ``IndexError``, rows that
+are not integers ``ValueError``.
 
 The conformance suite in ``tests/test_rec_models.py`` runs every model through all of it.
 """
@@ -39,8 +44,9 @@ class NotFittedError(RuntimeError):
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows and scores of the ``k`` best finite entries of each row of ``scores``, best first.
 
-    Entries set to ``-inf`` never qualify; short rows are padded with ``-1`` / ``-inf``.
-    Ties break on the lower item row, so results are deterministic.
+    Entries set to ``-inf`` (or NaN) never qualify; short rows are padded with ``-1`` /
+    ``-inf``. Ties break on the lower item row, also at the cut-off, so results are
+    deterministic and do not depend on how ``argpartition`` happened to split equal scores.
     """
     scores = np.atleast_2d(scores)
     n, m = scores.shape
@@ -49,30 +55,120 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     out_scores = np.full((n, k), -np.inf, dtype=np.float64)
     if k == 0 or m == 0:
         return out_ids, out_scores
-    if k < m:
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    else:
-        part = np.tile(np.arange(m), (n, 1))
-    part_scores = np.take_along_axis(scores, part, axis=1)
-    # lexsort: last key is primary; sort by score desc, then by item row asc.
     for i in range(n):
-        order = np.lexsort((part[i], -part_scores[i]))
-        ids = part[i][order]
-        sc = part_scores[i][order]
-        keep = np.isfinite(sc)
-        kept = int(keep.sum())
-        out_ids[i, :kept] = ids[keep]
-        out_scores[i, :kept] = sc[keep]
+        ids, sc = _top_row(scores[i], k)
+        out_ids[i, : len(ids)] = ids
+        out_scores[i, : len(ids)] = sc
     return out_ids, out_scores
+
+
+def _top_row(row: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    m = row.shape[0]
+    if k < m:
+        # Negated so that NaN (sorted last by argpartition) never lands in the top k.
+        part = np.argpartition(-row, k - 1)[:k]
+        part_scores = row[part]
+        kth = part_scores.min()
+        if np.isfinite(kth):
+            # Scores equal to the k-th one may exist outside the partition: take the
+            # lowest rows among all of them so ties resolve the same way every time.
+            above = part_scores > kth
+            n_ties = int(np.count_nonzero(row == kth))
+            if n_ties > k - int(np.count_nonzero(above)):
+                ties = np.flatnonzero(row == kth)[: k - int(np.count_nonzero(above))]
+                part = np.concatenate([part[above], ties])
+                part_scores = row[part]
+    else:
+        part = np.arange(m)
+        part_scores = row
+    order = np.lexsort((part, -part_scores))
+    ids = part[order]
+    sc = part_scores[order].astype(np.float64, copy=False)
+    keep = sc > -np.inf  # also drops NaN
+    if not keep.all():
+        ids, sc = ids[keep], sc[keep]
+    return ids.astype(np.int64, copy=False), sc
+
+
+def check_rows(rows: Any, n: int, what: str) -> np.ndarray:
+    """``rows`` as a 1-D int64 array, each in ``[0, n)``; a clear error otherwise.
+
+    Negative rows are refused rather than wrapped around: ``-1`` is the padding value of
+    every result, and numpy would silently read the last row for it.
+    """
+    arr = np.asarray(rows)
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    if arr.ndim != 1:
+        raise ValueError(f"{what} rows must be a 1-D list of integers, got shape {arr.shape}")
+    if arr.size == 0:
+        return arr.astype(np.int64)
+    if not np.issubdtype(arr.dtype, np.integer):
+        if arr.dtype == object or not np.issubdtype(arr.dtype, np.number):
+            raise ValueError(f"{what} rows must be integers, got {arr.dtype}")
+        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+            raise ValueError(f"{what} rows must be integers, got {arr[:5].tolist()}")
+    arr = arr.astype(np.int64, copy=False)
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < 0 or hi >= n:
+        bad = lo if lo < 0 else hi
+        raise IndexError(
+            f"{what} row {bad} is out of range: the model knows {n} {what}s (rows 0..{n - 1})"
+        )
+    return arr
+
+
+def as_interactions(interactions: Any) -> sp.csr_matrix:
+    """The users x items matrix as canonical CSR (float32, sorted indices, no duplicates).
+
+    Refuses what no model can learn from, naming the problem: not 2-D, NaN/inf, negative
+    weights (the contract is non-negative confidence; there is no "dislike" here).
+    """
+    if sp.issparse(interactions):
+        m = sp.csr_matrix(interactions, dtype=np.float32, copy=True)
+    else:
+        arr = np.asarray(interactions)
+        if arr.ndim != 2:
+            raise ValueError(
+                f"interactions must be a 2-D users x items matrix, got shape {arr.shape}"
+            )
+        m = sp.csr_matrix(arr.astype(np.float32))
+    if m.ndim != 2:
+        raise ValueError(f"interactions must be a 2-D users x items matrix, got {m.shape}")
+    m.sum_duplicates()
+    m.sort_indices()
+    if m.nnz:
+        if not np.all(np.isfinite(m.data)):
+            raise ValueError("interactions contain NaN or infinite weights")
+        if float(m.data.min()) < 0:
+            coo = m.tocoo()
+            at = int(np.argmin(coo.data))
+            raise ValueError(
+                "interactions must be non-negative: found "
+                f"{float(coo.data[at])} at user row {int(coo.row[at])}, "
+                f"item row {int(coo.col[at])}"
+            )
+    m.eliminate_zeros()
+    return m
 
 
 def mask_rows(scores: np.ndarray, exclude: sp.csr_matrix | None) -> np.ndarray:
     """Set ``scores[i, j] = -inf`` wherever ``exclude[i, j]`` is stored."""
     if exclude is None:
         return scores
+    if not sp.issparse(exclude):
+        raise ValueError("exclude must be a scipy.sparse matrix (one row per requested user)")
+    if exclude.shape != scores.shape:
+        raise ValueError(
+            f"exclude has shape {exclude.shape}; it needs one row per requested user and one "
+            f"column per item: {scores.shape}"
+        )
     coo = exclude.tocoo()
     scores[coo.row, coo.col] = -np.inf
     return scores
+
+
+ERASED_KEY = "_erased_users"
 
 
 class Recommender(ABC):
@@ -82,6 +178,7 @@ class Recommender(ABC):
 
     n_users_: int
     n_items_: int
+    erased_: np.ndarray | None = None  # bool per user row, set by forget_users
 
     # ---- the contract -------------------------------------------------------------
     @abstractmethod
@@ -107,10 +204,18 @@ class Recommender(ABC):
         k: int = 10,
         exclude: sp.csr_matrix | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``k`` items for each user row. ``exclude`` has one row per requested user."""
+        """Top ``k`` items for each user row. ``exclude`` has one row per requested user.
+
+        An erased user (see :meth:`forget_users`) gets no items at all, only padding, so the
+        caller falls back to non-personalized lists exactly as for an unknown user.
+        """
         self._check_fitted()
-        rows = np.asarray(user_rows, dtype=np.int64)
-        scores = np.asarray(self.score_users(rows), dtype=np.float64).copy()
+        rows = check_rows(user_rows, self.n_users_, "user")
+        # np.array copies: score_users may hand back a model's own (cached) array.
+        scores = np.array(self.score_users(rows), dtype=np.float64)
+        erased = getattr(self, "erased_", None)
+        if erased is not None:
+            scores[erased[rows]] = -np.inf
         return top_k(mask_rows(scores, exclude), k)
 
     def recommend_history(
@@ -122,11 +227,11 @@ class Recommender(ABC):
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` items for one ad-hoc user given item rows they interacted with."""
         self._check_fitted()
-        items = np.asarray(item_rows, dtype=np.int64)
-        w = np.ones(len(items)) if weights is None else np.asarray(weights, dtype=np.float64)
+        items = check_rows(item_rows, self.n_items_, "item")
+        w = self._history_weights(items, weights)
         scores = np.asarray(self.score_history(items, w), dtype=np.float64).copy()
         if exclude is not None:
-            scores[np.asarray(exclude, dtype=np.int64)] = -np.inf
+            scores[check_rows(exclude, self.n_items_, "item")] = -np.inf
         ids, sc = top_k(scores[None, :], k)
         return ids[0], sc[0]
 
@@ -135,10 +240,54 @@ class Recommender(ABC):
     ) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` items most similar to each item row (never the item itself)."""
         self._check_fitted()
-        rows = np.asarray(item_rows, dtype=np.int64)
+        rows = check_rows(item_rows, self.n_items_, "item")
         scores = np.asarray(self.similar_scores(rows), dtype=np.float64).copy()
         scores[np.arange(len(rows)), rows] = -np.inf
         return top_k(scores, k)
+
+    # ---- erasure ------------------------------------------------------------------
+    def forget_users(self, user_rows: np.ndarray | list[int]) -> Self:
+        """Erase these users: their rows of ``user_items_`` and their factors are zeroed
+        (per model, see ``_forget``) and from now on they get no personal scores.
+
+        Models learned from these users keep only what they aggregated over everyone
+        (item factors, item-item similarities); retraining removes even that.
+        """
+        self._check_fitted()
+        rows = check_rows(user_rows, self.n_users_, "user")
+        self._forget(rows)
+        erased = getattr(self, "erased_", None)
+        if erased is None:
+            erased = np.zeros(self.n_users_, dtype=bool)
+        erased[rows] = True
+        self.erased_ = erased
+        return self
+
+    def _forget(self, user_rows: np.ndarray) -> None:
+        """Zero the erased users' learned rows. The default covers models that keep a
+        ``user_items_`` matrix and/or a ``user_factors_`` array; override for more."""
+        items = getattr(self, "user_items_", None)
+        if items is not None:
+            self.user_items_ = zero_rows(items, user_rows)
+        factors = getattr(self, "user_factors_", None)
+        if factors is not None:
+            factors[user_rows] = 0.0
+
+    # ---- helpers for subclasses ---------------------------------------------------
+    def _history_weights(
+        self, items: np.ndarray, weights: np.ndarray | list[float] | None
+    ) -> np.ndarray:
+        if weights is None:
+            return np.ones(len(items), dtype=np.float64)
+        w = np.asarray(weights, dtype=np.float64).reshape(-1)
+        if w.shape[0] != items.shape[0]:
+            raise ValueError(
+                f"weights has {w.shape[0]} values for {items.shape[0]} item rows; "
+                "give one weight per item"
+            )
+        if not np.all(np.isfinite(w)) or (w.size and float(w.min()) < 0):
+            raise ValueError("weights must be finite and non-negative")
+        return w
 
     # ---- persistence --------------------------------------------------------------
     @abstractmethod
@@ -157,7 +306,10 @@ class Recommender(ABC):
         self._check_fitted()
         path = Path(folder)
         path.mkdir(parents=True, exist_ok=True)
-        arrays = self._arrays()
+        arrays = dict(self._arrays())
+        erased = getattr(self, "erased_", None)
+        if erased is not None:
+            arrays[ERASED_KEY] = np.flatnonzero(erased).astype(np.int64)
         np.savez(path / ARRAYS_FILE, allow_pickle=False, **arrays)
         meta = {
             "model": self.name,
@@ -179,7 +331,11 @@ class Recommender(ABC):
             arrays = {name: data[name] for name in data.files}
         model.n_users_ = int(meta["n_users"])
         model.n_items_ = int(meta["n_items"])
+        erased = arrays.pop(ERASED_KEY, None)
         model._restore(arrays)
+        if erased is not None:
+            model.erased_ = np.zeros(model.n_users_, dtype=bool)
+            model.erased_[erased] = True
         return model
 
     def _check_fitted(self) -> None:
@@ -203,3 +359,21 @@ def csr_from_parts(prefix: str, arrays: dict[str, np.ndarray]) -> sp.csr_matrix:
         (arrays[f"{prefix}_data"], arrays[f"{prefix}_indices"], arrays[f"{prefix}_indptr"]),
         shape=shape,
     )
+
+
+def zero_rows(matrix: sp.csr_matrix, rows: np.ndarray) -> sp.csr_matrix:
+    """A copy of ``matrix`` with the stored entries of ``rows`` removed."""
+    m = matrix.tocsr()
+    lengths = np.diff(m.indptr)
+    drop = np.zeros(m.shape[0], dtype=bool)
+    drop[rows] = True
+    keep = np.repeat(~drop, lengths)
+    new_lengths = np.where(drop, 0, lengths)
+    indptr = np.concatenate([[0], np.cumsum(new_lengths)]).astype(m.indptr.dtype)
+    return sp.csr_matrix((m.data[keep], m.indices[keep], indptr), shape=m.shape)
+
+
+def row_entries(matrix: sp.csr_matrix, row: int) -> tuple[np.ndarray, np.ndarray]:
+    """Column indices and values of one CSR row, without scipy's slicing overhead."""
+    lo, hi = matrix.indptr[row], matrix.indptr[row + 1]
+    return matrix.indices[lo:hi], matrix.data[lo:hi]
