@@ -294,7 +294,7 @@ def test_rfm_matches_a_pandas_computation_on_online_retail(sqlite_engine: Engine
 
     # The pandas side: straight from the CSV lines, independent of Sartor's folds.
     lines = frame[frame["CustomerID"].notna()].copy()
-    lines["customer"] = "c" + lines["CustomerID"].astype(int).astype(str)
+    lines["customer"] = lines["CustomerID"].astype(int).astype(str)  # the preset's userId
     lines["amount"] = lines["Quantity"] * lines["UnitPrice"]
     lines["ts"] = pd.to_datetime(lines["InvoiceDate"]).dt.tz_localize("UTC")
     orders = lines[~lines["InvoiceNo"].str.startswith("C")]

@@ -13,7 +13,7 @@ import orjson
 
 from sartor.collect.errors import FieldError
 from sartor.collect.messages import Message, find_nul, validate_message
-from sartor.collect.normalize import canonical_event_name, normalize_properties
+from sartor.collect.normalize import MAX_PRODUCTS, canonical_event_name, normalize_properties
 from sartor.privacy.consent import consent_statements, event_category
 from sartor.privacy.pii import HASH_PREFIX, hash_pii_traits, keyed_hash, normalize_pii
 from sartor.workspace import WorkspaceSettings
@@ -102,11 +102,14 @@ def prepare(
     batch_integrations: dict[str, Any] | None = None,
     batch_sent_at: int | None = None,
     max_event_bytes: int = MAX_EVENT_BYTES,
+    max_products: int = MAX_PRODUCTS,
+    products_normalized: bool = False,
 ) -> PreparedEvent:
     """Validate and normalize one item; raises :class:`FieldError` naming the bad field.
 
-    ``max_event_bytes`` is Segment's 32 KB at the API; trusted imports may raise it (a
-    1,000-line invoice is one real order)."""
+    ``max_event_bytes`` is Segment's 32 KB at the API and ``max_products`` its 1,000
+    products per event; trusted imports may raise both (a 1,000-line invoice is one real
+    order). ``products_normalized``: see :func:`normalize_properties`."""
     encoded = orjson.dumps(raw) if isinstance(raw, dict) else None
     if encoded is not None and len(encoded) > max_event_bytes:
         raise FieldError(
@@ -161,7 +164,9 @@ def prepare(
     integrations = merge_context(batch_integrations, msg.integrations)
     properties = msg.properties
     if msg_type == "track" and properties and event:
-        properties = normalize_properties(event, properties, f"{p}properties")
+        properties = normalize_properties(
+            event, properties, f"{p}properties", max_products, products_normalized
+        )
     traits = msg.traits
     if traits and settings.pii_policy != "keep":
         traits = hash_pii_traits(traits, settings.pii_traits, settings.pii_policy, pii_key)

@@ -68,7 +68,8 @@ def default_rejects_path(source: str | Path) -> Path:
 
 
 class RejectWriter:
-    """Appends one JSON line per refused row: ``{"line", "reason", "field", "row"}``.
+    """Appends one JSON line per refused row: ``{"line", "reason", "field", "message"?,
+    "row"}``.
 
     The file is created on the first reject only, and truncated then, so a clean re-run
     leaves no stale rejects from an earlier run.
@@ -87,6 +88,7 @@ class RejectWriter:
         reason: str,
         row: Any,
         field_name: str | None = None,
+        message: str | None = None,
     ) -> None:
         self.summary.reject(reason)
         if self.path is None:
@@ -94,7 +96,10 @@ class RejectWriter:
         if self._fh is None:
             self._fh = self.path.open("wb")
             self.summary.rejects_path = str(self.path)
-        record = {"line": line, "reason": reason, "field": field_name, "row": row}
+        record: dict[str, Any] = {"line": line, "reason": reason, "field": field_name}
+        if message:
+            record["message"] = message
+        record["row"] = row
         self._fh.write(orjson.dumps(record, default=str) + b"\n")
 
     def close(self) -> None:
