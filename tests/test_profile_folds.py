@@ -455,3 +455,18 @@ def test_one_message_setting_a_trait_twice_does_not_depend_on_key_order() -> Non
     one = ident(1, 1000, {"plan": "a", "$set": {"plan": "b"}, "$unset": ["plan"]})
     other = ident(1, 1000, {"$unset": ["plan"], "$set": {"plan": "b"}, "plan": "a"})
     assert fold_all([one])["traits"] == fold_all([other])["traits"] == {"plan": "b"}
+
+
+def test_traits_written_by_sartor_are_not_activity() -> None:
+    """A CRM import or a server-side push sets traits without making the person look active
+    (first/last seen, counts and sessions stay as their own events left them)."""
+    own = ident(1, 1000, {"plan": "free"})
+    crm = {**ident(2, 9000, {"plan": "gold", "ltv": 120})}
+    crm["payload"] = {**crm["payload"], "context": {"library": {"name": "sartor-import"}}}
+    push = {**ident(3, 9500, {"vip": True})}
+    push["payload"] = {**push["payload"], "context": {"library": {"name": "sartor-server"}}}
+    doc = fold_all([own, crm, push])
+    assert doc["traits"] == {"plan": "gold", "ltv": 120, "vip": True}
+    assert doc["first_seen"] == doc["last_seen"] == T0 + 1000
+    assert doc["events"] == 1
+    assert traits_all_orders([own, crm, push]) == doc["traits"]

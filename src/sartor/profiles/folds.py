@@ -34,6 +34,10 @@ VIEW, ADD, CHECKOUT, ORDER, REFUND = (
 ACTIONS = {VIEW: "viewed", ADD: "added", ORDER: "bought"}
 # Written by Sartor itself (segment transitions): not the person's behaviour.
 SYSTEM_EVENTS = frozenset({"Segment Entered", "Segment Exited"})
+# Traits that Sartor itself writes (CRM and social imports, server-side pushes) are not the
+# person's activity: they set traits but leave first/last seen, counts and sessions alone,
+# or a CRM import would make every customer look active today.
+TRAITS_ONLY_LIBRARIES = frozenset({"sartor-import", "sartor-server"})
 PRICE_BIN = math.log(1.05)  # 5%-wide price bins
 
 
@@ -243,6 +247,12 @@ def _render_trait(doc: Doc, key: str) -> None:
         doc["traits"][key] = once[3]
 
 
+def _library(payload: Mapping[str, Any]) -> Any:
+    context = payload.get("context")
+    library = context.get("library") if isinstance(context, Mapping) else None
+    return library.get("name") if isinstance(library, Mapping) else None
+
+
 def fold(doc: Doc, event: Mapping[str, Any], config: ProfileConfig) -> Doc:
     """The profile with one more event. ``event`` is a stored event row (``seq``,
     ``message_id``, ``type``, ``event``, ``timestamp``, ``payload``)."""
@@ -256,6 +266,13 @@ def fold(doc: Doc, event: Mapping[str, Any], config: ProfileConfig) -> Doc:
     payload: Mapping[str, Any] = event.get("payload") or {}
     props: Mapping[str, Any] = payload.get("properties") or {}
 
+    traits = payload.get("traits")
+    if kind == "identify" and _library(payload) in TRAITS_ONLY_LIBRARIES:
+        if isinstance(traits, Mapping):
+            doc["traits"], doc["trait_clock"] = dict(doc["traits"]), dict(doc["trait_clock"])
+            _apply_traits(doc, traits, ts, mid)
+        return doc
+
     doc["first_seen"] = _min(doc["first_seen"], ts)
     doc["last_seen"] = _max(doc["last_seen"], ts)
     doc["events"] += 1
@@ -265,7 +282,6 @@ def fold(doc: Doc, event: Mapping[str, Any], config: ProfileConfig) -> Doc:
         doc["sessions"] = _add_session(doc["sessions"], ts, ts, 1, config.session_gap_ms)
         _trim_sessions(doc, config.max_sessions)
 
-    traits = payload.get("traits")
     if kind == "identify" and isinstance(traits, Mapping):
         doc["traits"], doc["trait_clock"] = dict(doc["traits"]), dict(doc["trait_clock"])
         _apply_traits(doc, traits, ts, mid)
