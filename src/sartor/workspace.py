@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -47,6 +47,11 @@ class WorkspaceSettings(BaseModel):
         max_length=200,
         description="Hash seed of the holdout; changing it draws a new holdout.",
     )
+    recommendations: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Recommendation slot overrides and custom slots: "
+        '{"slots": {"home": {"models": {"als": 1}, "mmr_lambda": 0.8}, ...}}.',
+    )
 
     @field_validator("categories")
     @classmethod
@@ -57,6 +62,13 @@ class WorkspaceSettings(BaseModel):
         if NECESSARY not in cats:
             cats.insert(0, NECESSARY)
         return list(dict.fromkeys(cats))
+
+    @field_validator("recommendations")
+    @classmethod
+    def _recommendation_slots(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from sartor.recommend.slots import validate_settings
+
+        return validate_settings(value)
 
     def model_post_init(self, _context: object) -> None:
         unknown = {c for c in [*self.event_categories.values(), self.default_category]} - set(
