@@ -30,6 +30,14 @@ experiment_app = typer.Typer(
     help="A/B tests and bandits: define, run, read results.", no_args_is_help=True
 )
 app.add_typer(experiment_app, name="experiment")
+models_app = typer.Typer(help="Recommendation model versions.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+import_app = typer.Typer(
+    help="Import files (CSV, JSONL or Parquet, gzipped or not): events, items, profiles, "
+    "social signals.",
+    no_args_is_help=True,
+)
+app.add_typer(import_app, name="import")
 console = Console()
 err = Console(stderr=True)
 
@@ -94,6 +102,12 @@ def serve(
     engine = Engine.open(settings=settings).start()
     application = create_app(engine)
     _tune_gc()
+    from threadpoolctl import threadpool_limits
+
+    # Recommendations make many small matrix products at once; a multi-threaded BLAS splits
+    # each over the cores and, with requests in flight, mostly waits for them (10x slower
+    # on a busy 2-core machine). Concurrency comes from the requests.
+    threadpool_limits(1, "blas")
     try:
         uvicorn.run(
             application,
@@ -486,6 +500,92 @@ def segment_rfm(
     console.print(table)
 
 
+@app.command()
+def train(
+    ctx: typer.Context,
+    workspace: str,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Slot to train (repeatable): popularity, trending, itemknn, als, ease, "
+            "content, fbt. Default: all.",
+        ),
+    ] = None,
+) -> None:
+    """Train the recommendation models from the log and catalog; each becomes the active
+    version, picked up by running servers without a restart."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with _engine(ctx) as engine:
+        ws_id = _workspace_id(engine, workspace)
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+        ) as bar:
+            task = bar.add_task("training", total=None)
+
+            def report(what: str, done: int, total: int) -> None:
+                bar.update(task, description=what, completed=done, total=total)
+
+            try:
+                results = engine.train(ws_id, model, progress=report)
+            except ValueError as exc:
+                err.print(f"[red]{exc}[/red]")
+                raise typer.Exit(2) from None
+    table = Table("slot", "model", "version", "seconds", "note")
+    for r in results:
+        table.add_row(
+            r["slot"],
+            r["model"],
+            str(r["version"] or "-"),
+            f"{r['seconds']:.2f}",
+            r.get("skipped", ""),
+        )
+    console.print(table)
+
+
+@models_app.command("list")
+def models_list(
+    ctx: typer.Context,
+    workspace: str,
+    slot: Annotated[str | None, typer.Option(help="Only this slot")] = None,
+) -> None:
+    """Every stored model version, newest first; `active` ones serve."""
+    with _engine(ctx) as engine:
+        versions = engine.models.versions(_workspace_id(engine, workspace), slot)
+    table = Table("slot", "version", "model", "status", "users", "items", "seconds", "trained")
+    for v in versions:
+        table.add_row(
+            v["slot"],
+            str(v["version"]),
+            v["kind"],
+            v["status"],
+            str(v["nUsers"]),
+            str(v["nItems"]),
+            f"{v['trainSeconds']:.2f}",
+            iso(v["trainedAt"]),
+        )
+    console.print(table)
+
+
+@models_app.command("activate")
+def models_activate(ctx: typer.Context, workspace: str, slot: str, version: int) -> None:
+    """Serve an earlier (or later) version of a slot: a rollback."""
+    with _engine(ctx) as engine:
+        try:
+            engine.models.activate(_workspace_id(engine, workspace), slot, version)
+        except (LookupError, ValueError) as exc:
+            err.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from None
+    console.print(f"{slot} v{version} is active")
+
+
 def _experiment_call(engine: Engine, fn: Any, *args: Any) -> Any:
     """Run a service call, turning its errors into a red message and an exit code."""
     from sartor.collect.errors import FieldError
@@ -612,6 +712,112 @@ def experiment_results(
 
 
 @app.command()
+def evaluate(
+    interactions: Annotated[
+        Path,
+        typer.Option(
+            help="CSV/TSV (gzip ok) with a header naming user, item, optional rating and "
+            "timestamp (userId, movieId, user_id, item_id, ... work too)"
+        ),
+    ],
+    sep: Annotated[
+        str | None, typer.Option(help="Column separator (TAB, ',', '::', ...); default: sniffed")
+    ] = None,
+    min_rating: Annotated[
+        float, typer.Option(help="Keep ratings >= this (RecBole: 3); 0 keeps all")
+    ] = 3.0,
+    kcore: Annotated[
+        int, typer.Option(help="Drop users and items with fewer interactions, until stable")
+    ] = 10,
+    protocol: Annotated[str, typer.Option(help="random-811 (RecBole) or temporal-loo")] = (
+        "random-811"
+    ),
+    k: Annotated[int, typer.Option(help="Cut-off of the ranking metrics")] = 10,
+    models: Annotated[
+        str,
+        typer.Option(help="Comma-separated models to tune and test"),
+    ] = "popularity,itemknn,userknn,als,ease,edlae",
+    seed: Annotated[int, typer.Option(help="Seed of the split and of seeded models")] = 2020,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list")] = False,
+) -> None:
+    """Offline evaluation on an interactions file: filter, split, tune on validation, test.
+    Defaults reproduce RecBole's MovieLens-1M setup (ratings >= 3, 10-core, 80/10/10)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from sartor.recommend.evaluation import EvaluationError
+    from sartor.recommend.evaluation import evaluate as run_evaluation
+
+    names = [m for m in models.split(",") if m.strip()]
+    try:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} fits"),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+        ) as bar:
+            task = bar.add_task("loading and splitting", total=None)
+
+            def report(model: str, done: int, total: int) -> None:
+                bar.update(task, description=f"tuning {model}", completed=done, total=total)
+
+            result = run_evaluation(
+                interactions,
+                names,
+                protocol=protocol,
+                k=k,
+                seed=seed,
+                min_rating=min_rating if min_rating > 0 else None,
+                kcore_k=kcore,
+                sep=sep,
+                progress=report,
+            )
+    except EvaluationError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    s = result.stats
+    summary = (
+        f"{s['users']:,} users, {s['items']:,} items, {s['interactions']:,} interactions "
+        f"(of {s['read']:,} read; {'; '.join(result.notes) or 'no filter'}); "
+        f"{result.protocol} seed {result.seed}: train {s['train']:,}, valid {s['valid']:,}, "
+        f"test {s['test']:,}"
+    )
+    rows = result.rows()
+    if as_json:
+        err.print(summary)
+        console.out(orjson.dumps(rows).decode())
+        return
+    console.print(summary)
+    cut = result.k
+    metric_columns = [f"{m}@{cut}" for m in ("ndcg", "recall", "mrr", "hit", "precision")]
+    table = Table("model", *metric_columns, f"coverage@{cut}", "train s", "params")
+    for row in rows:
+        if "error" in row:
+            table.add_row(row["model"], f"[red]{row['error']}[/red]", *[""] * 7)
+            continue
+        table.add_row(
+            row["model"],
+            *(f"{row[f'{m}@{cut}']:.4f}" for m in ("ndcg", "recall", "mrr", "hit", "precision")),
+            f"{row[f'coverage@{cut}']:.3f}",
+            f"{row['train_seconds']:.2f}",
+            _compact_params(row["params"]),
+        )
+    console.print(table)
+
+
+def _compact_params(params: dict[str, Any]) -> str:
+    parts = []
+    for key, value in params.items():
+        if isinstance(value, dict):
+            value = "{" + ",".join(f"{k}" for k in value) + "}"
+        elif isinstance(value, float):
+            value = f"{value:g}"
+        parts.append(f"{key}={value}")
+    return " ".join(parts)
+
+
+@app.command()
 def demo(
     ctx: typer.Context,
     port: Annotated[int | None, typer.Option(help="Port to serve on")] = None,
@@ -619,18 +825,302 @@ def demo(
         bool, typer.Option("--serve/--no-serve", help="Serve after loading")
     ] = True,
 ) -> None:
-    """Load the sample shop (a UCI Online Retail slice) into workspace `demo`, then serve."""
-    from sartor.demo import load_demo
+    """Load the sample shop (a UCI Online Retail slice) into workspace `demo`: profiles, RFM
+    groups, clusters, trained models and an A/A experiment; print what to try, then serve."""
+    from sartor.demo import run_demo
 
+    settings = _settings(ctx)
     with _engine(ctx) as engine:
-        keys = load_demo(engine, console)
-    if keys:
-        for kind in ("write", "read", "admin"):
-            console.print(f"{kind} key: [bold]{keys[kind]}[/bold]")
+        report = run_demo(engine, console, port=port or settings.port)
+    for kind in ("write", "read", "admin"):
+        console.print(f"{kind} key: [bold]{report.keys[kind]}[/bold]")
     if serve_after:
-        settings = _settings(ctx)
         console.print(f"serving on http://{settings.host}:{port or settings.port}  (docs at /docs)")
         serve(ctx, host=None, port=port)
+
+
+# -- imports -----------------------------------------------------------------------------
+
+ImportWorkspace = Annotated[str, typer.Option("--workspace", "-w", help="Workspace name or id")]
+ImportMapping = Annotated[
+    Path | None, typer.Option("--mapping", help="Mapping file (YAML or JSON): columns -> fields")
+]
+ImportFormat = Annotated[
+    str | None, typer.Option("--format", help="csv, jsonl or parquet (default: from the name)")
+]
+ImportRejects = Annotated[
+    Path | None,
+    typer.Option("--rejects", help="Where refused rows go (default FILE.rejects.jsonl)"),
+]
+ImportQuiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")]
+ImportJson = Annotated[bool, typer.Option("--json", help="Print the summary as JSON")]
+
+
+def _print_import_summary(summary: Any, as_json: bool, extra: dict[str, Any] | None = None) -> None:
+    doc = {**summary.as_dict(), **(extra or {})}
+    if as_json:
+        typer.echo(orjson.dumps(doc).decode())
+        return
+    table = Table(title=f"import {summary.kind}: {Path(summary.source).name}", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("", justify="right")
+    table.add_row("rows read", f"{summary.read:,}")
+    table.add_row("imported", f"{summary.imported:,}")
+    table.add_row("duplicates (already there)", f"{summary.duplicates:,}")
+    table.add_row("rejected", f"{summary.rejected_total:,}")
+    for reason, n in sorted(summary.rejected.items(), key=lambda kv: -kv[1]):
+        table.add_row(f"  {reason}", f"{n:,}", style="yellow")
+    for key, value in (extra or {}).items():
+        table.add_row(key.replace("_", " "), str(value))
+    table.add_row("seconds", f"{summary.seconds:.2f}")
+    table.add_row("rows/s", f"{summary.rows_per_second:,.0f}")
+    console.print(table)
+    if summary.rejects_path:
+        console.print(f"refused rows and their reasons: {summary.rejects_path}", soft_wrap=True)
+
+
+def run_import_command(
+    engine: Engine,
+    kind: str,
+    file: Path,
+    workspace: str,
+    *,
+    mapping: Path | None = None,
+    preset: str | None = None,
+    format: str | None = None,
+    rejects: Path | None = None,
+    quiet: bool = False,
+    as_json: bool = False,
+    options: dict[str, Any] | None = None,
+) -> Any:
+    """Run one import with a rows/s progress bar (on a terminal) and return its summary;
+    bad arguments (unknown workspace, mapping errors, unreadable file) exit with a message."""
+    from rich.progress import Progress, ProgressColumn, SpinnerColumn, TextColumn
+    from rich.text import Text
+
+    from sartor.importers import (
+        DEFAULT_REJECTS,
+        ImportConfigError,
+        SourceError,
+        run_import,
+    )
+    from sartor.importers.mapping import MappingError
+
+    class RowsPerSecond(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            elapsed = task.elapsed or 0.0
+            rate = task.completed / elapsed if elapsed > 0 else 0.0
+            return Text(f"{rate:,.0f} rows/s", style="cyan")
+
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TextColumn("{task.completed:,} rows"),
+        RowsPerSecond(),
+        console=err,
+        transient=True,
+        disable=quiet or as_json or not err.is_terminal,
+    ) as bar:
+        task = bar.add_task(f"importing {kind} from {file.name}", total=None)
+        try:
+            return run_import(
+                engine,
+                workspace,
+                file,
+                kind,
+                mapping=mapping,
+                preset=preset,
+                format=format,
+                rejects_path=rejects if rejects is not None else DEFAULT_REJECTS,
+                progress=lambda n: bar.advance(task, n),
+                options=options,
+            )
+        except NotFound as exc:
+            err.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from None
+        except (ImportConfigError, MappingError, SourceError) as exc:
+            err.print(f"[red]import refused:[/red] {exc}")
+            raise typer.Exit(2) from None
+
+
+@import_app.command("events")
+def import_events(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="CSV, JSONL or Parquet file, gzipped or not")],
+    workspace: ImportWorkspace,
+    mapping: ImportMapping = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(help="Built-in mapping: segment, rudderstack, ga4, mixpanel, online-retail"),
+    ] = None,
+    format: ImportFormat = None,
+    rejects: ImportRejects = None,
+    fold: Annotated[
+        bool, typer.Option("--fold/--no-fold", help="Bring the profiles up to date at the end")
+    ] = True,
+    quiet: ImportQuiet = False,
+    json: ImportJson = False,
+) -> None:
+    """Import events through the same validation, consent, identity and dedupe as the API.
+    Re-running a file stores nothing new: messageIds derive from the source rows."""
+    with _engine(ctx) as engine:
+        summary = run_import_command(
+            engine,
+            "events",
+            file,
+            workspace,
+            mapping=mapping,
+            preset=preset,
+            format=format,
+            rejects=rejects,
+            quiet=quiet,
+            as_json=json,
+        )
+        extra: dict[str, Any] = {}
+        if fold and summary.imported:
+            started = time.monotonic()
+            with err.status("folding profiles", spinner="dots") if not (quiet or json) else _noop():
+                extra["profiles_folded"] = engine.updater.replay()
+            extra["fold_seconds"] = round(time.monotonic() - started, 2)
+    _print_import_summary(summary, json, extra)
+
+
+@import_app.command("items")
+def import_items(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="CSV, JSONL or Parquet file, gzipped or not")],
+    workspace: ImportWorkspace,
+    mapping: ImportMapping = None,
+    format: ImportFormat = None,
+    rejects: ImportRejects = None,
+    quiet: ImportQuiet = False,
+    json: ImportJson = False,
+) -> None:
+    """Load catalog items: columns id, title, description, category, brand, price,
+    currency, in_stock, tags, created_at; other columns become attributes."""
+    with _engine(ctx) as engine:
+        summary = run_import_command(
+            engine,
+            "items",
+            file,
+            workspace,
+            mapping=mapping,
+            format=format,
+            rejects=rejects,
+            quiet=quiet,
+            as_json=json,
+        )
+    _print_import_summary(summary, json)
+
+
+@import_app.command("profiles")
+def import_profiles(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="CSV, JSONL or Parquet file, gzipped or not")],
+    workspace: ImportWorkspace,
+    mapping: ImportMapping = None,
+    key: Annotated[
+        str | None,
+        typer.Option(
+            help="De-duplicate on user_id (default; rows without one use the email) or email"
+        ),
+    ] = None,
+    day_first: Annotated[
+        bool | None,
+        typer.Option(
+            "--day-first/--month-first",
+            help="How to read 01/02/2021 (default: such dates are rejected as ambiguous)",
+        ),
+    ] = None,
+    decimal_comma: Annotated[
+        bool | None,
+        typer.Option(help="Read 1,234 as 1.234 (default: as 1234; 12,50 is always 12.50)"),
+    ] = None,
+    region: Annotated[
+        str | None,
+        typer.Option(
+            help="Region of phone numbers without a country code "
+            "(default SARTOR_IMPORT_DEFAULT_REGION)"
+        ),
+    ] = None,
+    currency: Annotated[
+        str | None, typer.Option(help="Currency of amounts written without one (EUR, ...)")
+    ] = None,
+    format: ImportFormat = None,
+    rejects: ImportRejects = None,
+    quiet: ImportQuiet = False,
+    json: ImportJson = False,
+) -> None:
+    """Import CRM customer records as cleaned profile traits (identify messages): e-mails
+    lower-cased and checked, phones in E.164, ISO dates, numbers and currencies. Rows join
+    profiles by user id, else by e-mail."""
+    options = {
+        "key": key,
+        "day_first": day_first,
+        "decimal_comma": decimal_comma,
+        "region": region,
+        "currency": currency,
+    }
+    with _engine(ctx) as engine:
+        summary = run_import_command(
+            engine,
+            "profiles",
+            file,
+            workspace,
+            mapping=mapping,
+            format=format,
+            rejects=rejects,
+            quiet=quiet,
+            as_json=json,
+            options={k: v for k, v in options.items() if v is not None},
+        )
+        extra = {"profiles_folded": engine.updater.replay()} if summary.imported else {}
+    _print_import_summary(summary, json, extra)
+
+
+@import_app.command("social")
+def import_social(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="JSONL (or CSV with ;-separated lists)")],
+    workspace: ImportWorkspace,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            help="Where the signals come from: facebook, instagram, ... (a record's "
+            "own source field wins)"
+        ),
+    ] = None,
+    mapping: ImportMapping = None,
+    format: ImportFormat = None,
+    rejects: ImportRejects = None,
+    quiet: ImportQuiet = False,
+    json: ImportJson = False,
+) -> None:
+    """Import interests and likes (social API records) into traits.social, tagged with
+    their source; only people whose consent allows the social category get them."""
+    with _engine(ctx) as engine:
+        summary = run_import_command(
+            engine,
+            "social",
+            file,
+            workspace,
+            mapping=mapping,
+            format=format,
+            rejects=rejects,
+            quiet=quiet,
+            as_json=json,
+            options={"source": source} if source else None,
+        )
+        extra = {"profiles_folded": engine.updater.replay()} if summary.imported else {}
+    _print_import_summary(summary, json, extra)
+
+
+class _noop:  # noqa: N801 - a context manager used like a function
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
 
 
 def main() -> None:

@@ -111,6 +111,14 @@ class Settings(BaseSettings):
     rec_cache_seconds: float = Field(
         300.0, ge=0, description="How long a served list is cached (until the profile changes)."
     )
+    import_default_region: str | None = Field(
+        "GB",
+        description="Region (ISO 3166 alpha-2) of phone numbers written without a country "
+        "code in CRM imports; empty: such numbers are rejected.",
+    )
+    import_max_upload_bytes: int = Field(
+        1024**3, gt=0, description="Largest file accepted by POST /v1/imports (413 above)."
+    )
 
     @model_validator(mode="after")
     def _refuse_default_secret(self) -> Settings:

@@ -32,12 +32,16 @@ from sartor.collect.ratelimit import RateLimiter
 from sartor.collect.writer import GroupCommitWriter
 from sartor.config import Settings, get_settings
 from sartor.experiments.service import Experiments
+from sartor.importers.jobs import ImportJobs
 from sartor.privacy import erasure
 from sartor.privacy.pii import HASH_PREFIX, derive_key, keyed_hash, normalize_pii
 from sartor.profiles import folds
 from sartor.profiles import store as profile_store
 from sartor.profiles.hot import HotState, InProcessHotState, RedisHotState
 from sartor.profiles.updater import HotConfig, ProfileChange, ProfileUpdater
+from sartor.recommend.catalog import Catalog
+from sartor.recommend.registry import Registry
+from sartor.recommend.serving import RecommendationService
 from sartor.scheduler import Scheduler
 from sartor.segments.service import Segments
 from sartor.storage import db
@@ -119,7 +123,11 @@ class Engine:
             else InProcessBus(self.updater, settings.reconcile_seconds)
         )
         self.segments = Segments(self)
+        self.models = Registry(db_engine, settings.home / "models")
+        self.catalog = Catalog(db_engine)
         self.experiments = Experiments(self)
+        self.recs = RecommendationService(self)
+        self.imports = ImportJobs(self)
         self.updater.batch_listeners.append(self.segments.on_profile_changes)
         self.scheduler = Scheduler(self)
         self.writer = GroupCommitWriter(
@@ -152,13 +160,18 @@ class Engine:
         is the job of `sartor worker` processes and this does nothing."""
         self.bus.start()
         self.scheduler.start()
+        # Jobs a crash left running are marked failed; queued ones (uploads, or jobs a
+        # graceful stop interrupted) run again.
+        self.imports.start()
         return self
 
     def close(self) -> None:
+        self.imports.close()  # first: a running import still writes through the writer
         self.scheduler.stop()
         # The bus first: a fold in progress may still log segment transitions (an ingest).
         self.bus.stop()
         self.writer.close()
+        self.recs.close()  # after the writer: its commits queue attribution outcomes
         self.broadcaster.close()
         self.db.dispose()
 
@@ -189,8 +202,30 @@ class Engine:
                     for e, o in stored
                 ],
             )
+        # Events carrying a recommendation_id are attributed to the list (never raises).
+        self.recs.on_commit(ws, prepared, outcomes)
+        # Products seen in events create or complete catalog items. Last, and it never
+        # raises: the events are committed and acknowledged whatever happens here.
+        self.catalog.observe_events(
+            ws.id,
+            (
+                dict(event=e.event, properties=e.payload.get("properties"), timestamp=e.timestamp)
+                for e, _ in stored
+                if e.type == "track"
+            ),
+            normalized=True,
+            raise_errors=False,
+        )
+
+    def notify_stored(
+        self, ws: Workspace, prepared: list[PreparedEvent], outcomes: list[Outcome]
+    ) -> None:
+        """Events committed outside the group-commit writer (file imports) are announced as
+        after an API commit: the bus, live subscribers and the catalog hear of them."""
+        self._on_commit(ws, prepared, outcomes)
 
     def _on_profile_change(self, change: ProfileChange) -> None:
+        self.recs.on_profile_change(change)
         if self.broadcaster.has_subscribers(change.workspace_id):
             self.broadcaster.publish(change.workspace_id, change.as_dict())
 
@@ -316,6 +351,7 @@ class Engine:
             raise RateLimited(wait)
         received = received_at if received_at is not None else time.time_ns() // 1_000_000
         pii_key = self._pii_key(ws)
+        junk_ids = ws.settings.junk_id_set  # once per request, not per event
         prepared: list[PreparedEvent] = []
         errors: list[FieldError] = []
         for i, raw in enumerate(items):
@@ -333,6 +369,7 @@ class Engine:
                         batch_integrations=batch_integrations,
                         batch_sent_at=batch_sent_at,
                         max_event_bytes=max_event_bytes,
+                        junk_ids=junk_ids,
                     )
                 )
             except FieldError as exc:
@@ -493,6 +530,7 @@ class Engine:
         bus entries) and suppress their later events."""
         ws = self.workspace(ref)
         lookup = self._lookup_id(ws, any_id)
+        self.recs.flush()  # queued served lists must be in the table the erasure clears
         with db.write_tx(self.db) as conn:
             pids = erasure.find_profiles(conn, ws.id, lookup)
             # A profile merged into these earlier (anonymous, then identified) left hot state,
@@ -509,19 +547,39 @@ class Engine:
             )
             # Before the identities go: sticky documents are found by hashes of the ids.
             experiment_counts = self.experiments.erase(conn, ws.id, traces, [lookup])
+            # Before the events go: outcomes are found through the person's event seqs.
+            recommendation_rows = self.recs.erase(conn, ws.id, traces)
             counts = erasure.erase_user(conn, ws.id, lookup, self.settings.secret_key)
             counts.update(experiment_counts)
+            counts["recommendations"] = recommendation_rows
             counts["memberships"] = self.segments.erase(conn, ws.id, traces)
             counts["cluster_assignments"] = self.segments.erase_cluster_assignments(
                 conn, ws.id, traces
             )
+        counts["model_rows"] = self.models.forget_users(ws.id, traces)
         for pid in traces:
             self.hot.erase(ws.id, pid)
+            self.updater.docs.forget(ws.id, pid)  # the fold state kept in memory
             if self.redis is not None:
                 counts["bus_entries"] = counts.get("bus_entries", 0) + redis_streams.erase_profile(
                     self.redis, self.settings.redis_namespace, ws.id, pid
                 )
         return counts
+
+    # -- recommendations ------------------------------------------------------------------
+
+    def train(
+        self,
+        ref: WorkspaceRef,
+        slots: list[str] | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Retrain the recommendation models of a workspace from its log and catalog; each
+        trained slot becomes the active version (hot-swapped into running servers)."""
+        from sartor.recommend import training
+
+        ws = self.workspace(ref)
+        return [t.as_dict() for t in training.train(self, ws.id, slots, progress=progress)]
 
     # -- profiles -------------------------------------------------------------------------
 
@@ -649,7 +707,13 @@ class Engine:
                 value = own["user_id"]
             elif "anonymous_id" in own:
                 field_name, value = "anonymousId", own["anonymous_id"]
-        result = self.ingest(ws, [{field_name: value, "traits": traits}], implied_type="identify")
+        message = {
+            field_name: value,
+            "traits": traits,
+            # Not the person's activity: see folds.TRAITS_ONLY_LIBRARIES.
+            "context": {"library": {"name": "sartor-server"}},
+        }
+        result = self.ingest(ws, [message], implied_type="identify")
         if result.errors:
             raise PayloadError(
                 400,

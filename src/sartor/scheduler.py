@@ -1,6 +1,6 @@
 """Periodic work of a running server: segment re-evaluation (lapsing users produce no event),
-daily size history, RFM, and weekly behavioural clusters. Each job can also be run on
-demand."""
+daily size history, RFM, weekly behavioural clusters and recommendation model retraining.
+Each job can also be run on demand."""
 
 from __future__ import annotations
 
@@ -34,6 +34,9 @@ class Scheduler:
             # older than the schedule, so restarts do not postpone the weekly run.
             "clusters": min(s.cluster_schedule_days * 86400, 3600),
         }
+        if s.rec_retrain_hours > 0:
+            # Checked hourly, like clusters: the newest stored version decides.
+            due["models"] = min(s.rec_retrain_hours * 3600, 3600)
         ran = []
         clock = time.monotonic()
         for job, every in due.items():
@@ -57,6 +60,13 @@ class Scheduler:
                     every = self.engine.settings.cluster_schedule_days * 86_400_000
                     if force or last is None or now_ms() - last >= every:
                         clustering.run_clustering(self.engine, ws.id, now=now)
+                elif job == "models":
+                    from sartor.recommend.training import last_trained_at
+
+                    last = last_trained_at(self.engine, ws.id)
+                    every = self.engine.settings.rec_retrain_hours * 3_600_000
+                    if force or last is None or now_ms() - last >= every:
+                        self.engine.train(ws.id)
             except Exception:
                 log.exception("scheduled %s failed", job, extra={"workspace": ws.id})
 

@@ -18,8 +18,11 @@ from sartor.api.routers import (
     collect,
     events,
     experiments,
+    imports,
+    items,
     ops,
     profiles,
+    recommendations,
     segments,
     users,
     workspace,
@@ -95,8 +98,11 @@ def create_app(engine: Engine | None = None, settings: Settings | None = None) -
     )
     app.state.engine = engine
     errors.install(app)
-    for module in (collect, events, experiments, profiles, segments, users, workspace, ops):
+    # First: the busiest read path, and routes are matched in order.
+    app.include_router(recommendations.router)
+    for module in (collect, events, experiments, items, profiles, segments, users, workspace, ops):
         app.include_router(module.router)
+    app.include_router(imports.router)
     app.include_router(segments.rfm_router)
     app.include_router(segments.clusters_router)
     app.add_middleware(MetricsMiddleware, access_log=settings.access_log)
