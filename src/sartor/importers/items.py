@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import yaml
 
 from sartor.collect.errors import PayloadError
 from sartor.importers import ImportConfigError, ImportJob
-from sartor.importers.mapping import MappingError, get_path, set_path
+from sartor.importers.mapping import MappingError, get_path, read_mapping_document, set_path
 from sartor.importers.source import MalformedRow
 
 ITEM_FIELDS = (
@@ -67,21 +66,7 @@ def _target_ok(target: str) -> bool:
 
 def load_item_mapping(source: str | Path | dict[str, Any]) -> dict[str, Any]:
     """An item mapping from a YAML/JSON file or a dict, checked (:class:`MappingError`)."""
-    if isinstance(source, dict):
-        data: Any = source
-        where = "mapping"
-    else:
-        path = Path(source)
-        where = str(path)
-        if not path.is_file():
-            raise MappingError(f"{where}: mapping file not found")
-        text = path.read_text(encoding="utf-8")
-        try:
-            data = orjson.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-        except (orjson.JSONDecodeError, yaml.YAMLError) as exc:
-            raise MappingError(f"{where}: not valid YAML/JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise MappingError(f"{where}: a mapping must be an object (key: value pairs)")
+    data, where = read_mapping_document(source)
     unknown = sorted(set(data) - set(ITEM_MAPPING_KEYS))
     if unknown:
         raise MappingError(

@@ -241,8 +241,9 @@ def cast(value: Any, kind: str) -> Any:
 # -- loading and checking mapping files ----------------------------------------------------
 
 
-def load_mapping(source: str | Path | dict[str, Any]) -> dict[str, Any]:
-    """A mapping from a YAML/JSON file (or a dict), checked; raises :class:`MappingError`."""
+def read_mapping_document(source: str | Path | dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """A mapping file (YAML, or JSON by its extension) or a dict, as an object, with the name
+    to use in error messages; raises :class:`MappingError` when it is not one."""
     if isinstance(source, dict):
         data: Any = source
         where = "mapping"
@@ -258,6 +259,12 @@ def load_mapping(source: str | Path | dict[str, Any]) -> dict[str, Any]:
             raise MappingError(f"{where}: not valid YAML/JSON: {exc}") from None
     if not isinstance(data, dict):
         raise MappingError(f"{where}: a mapping must be an object (key: value pairs)")
+    return data, where
+
+
+def load_mapping(source: str | Path | dict[str, Any]) -> dict[str, Any]:
+    """A mapping from a YAML/JSON file (or a dict), checked; raises :class:`MappingError`."""
+    data, where = read_mapping_document(source)
     check_mapping(data, where)
     return data
 

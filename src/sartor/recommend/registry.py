@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy import Connection, func, select, update
 from sqlalchemy import Engine as SAEngine
-from sqlalchemy import func, select, update
 
 from sartor.clock import now_ms
 from sartor.recommend.base import Recommender
@@ -67,6 +67,18 @@ def check_slot(slot: str) -> str:
             f"invalid model slot {slot!r}: use 1-100 lower-case letters, digits, '_' or '-'"
         )
     return slot
+
+
+def _retire_active(conn: Connection, ws_id: str, slot: str) -> None:
+    conn.execute(
+        update(model_versions)
+        .where(
+            model_versions.c.workspace_id == ws_id,
+            model_versions.c.slot == slot,
+            model_versions.c.status == "active",
+        )
+        .values(status="retired")
+    )
 
 
 class Registry:
@@ -114,15 +126,7 @@ class Registry:
                 items=items.to_array(),
             )
             if activate:
-                conn.execute(
-                    update(model_versions)
-                    .where(
-                        model_versions.c.workspace_id == ws_id,
-                        model_versions.c.slot == slot,
-                        model_versions.c.status == "active",
-                    )
-                    .values(status="retired")
-                )
+                _retire_active(conn, ws_id, slot)
             conn.execute(
                 model_versions.insert().values(
                     workspace_id=ws_id,
@@ -157,15 +161,7 @@ class Registry:
                 raise LookupError(f"no version {version} of model {slot!r}")
             if found.status == "failed":
                 raise ValueError(f"version {version} of model {slot!r} failed; it cannot serve")
-            conn.execute(
-                update(model_versions)
-                .where(
-                    model_versions.c.workspace_id == ws_id,
-                    model_versions.c.slot == slot,
-                    model_versions.c.status == "active",
-                )
-                .values(status="retired")
-            )
+            _retire_active(conn, ws_id, slot)
             conn.execute(
                 update(model_versions)
                 .where(
