@@ -422,7 +422,6 @@ def user_history(
     if limit < 1 or not weights:
         return []
     names = sorted(weights)
-    half_life_ms = half_life_days * DAY_MS
     now = now_ms if now_ms is not None else int(time.time() * 1000)
     t = events
     query = (
@@ -438,27 +437,47 @@ def user_history(
     )
     with db.connect() as conn:
         rows = conn.execute(query).all()
-    implicit: dict[str, float] = {}
-    rated: dict[str, tuple[int, float]] = {}  # item -> (time, rating) of the newest rating
-    last: dict[str, int] = {}
+    acc = HistoryWeights(weights, half_life_days, now)
     for r in reversed(rows):  # log order, so the later of two equal times wins
         ids = event_items(r.event, r.product_id, r.sku, r.products)
-        if not ids:
-            continue
-        ts = int(r.timestamp)
-        factor = 0.5 ** (max(0, now - ts) / half_life_ms)
-        rating = rating_value(r.rating) if r.event == REVIEW else None
+        if ids:
+            acc.add(r.event, ids, int(r.timestamp), r.rating)
+    return acc.newest(limit)
+
+
+class HistoryWeights:
+    """One person's weight per item from their events, by the rules of
+    :func:`load_interactions`: the latest rating of an item wins over everything else,
+    other events add their decayed weight. Feed events in log order."""
+
+    def __init__(self, weights: Mapping[str, float], half_life_days: float, now: int) -> None:
+        self.weights = weights
+        self.half_life_ms = half_life_days * DAY_MS
+        self.now = now
+        self.implicit: dict[str, float] = {}
+        self.rated: dict[str, tuple[int, float]] = {}  # item -> (time, decayed rating)
+        self.last: dict[str, int] = {}
+
+    def add(self, event: str, ids: Sequence[str], ts: int, raw_rating: Any = None) -> None:
+        weight = self.weights.get(event)
+        if weight is None:
+            return
+        factor = 0.5 ** (max(0, self.now - ts) / self.half_life_ms)
+        rating = rating_value(raw_rating) if event == REVIEW else None
         for item_id in ids:
-            last[item_id] = max(last.get(item_id, ts), ts)
+            self.last[item_id] = max(self.last.get(item_id, ts), ts)
             if rating is not None:
-                if item_id not in rated or rated[item_id][0] <= ts:
-                    rated[item_id] = (ts, rating * factor)
+                if item_id not in self.rated or self.rated[item_id][0] <= ts:
+                    self.rated[item_id] = (ts, rating * factor)
             else:
-                implicit[item_id] = implicit.get(item_id, 0.0) + float(weights[r.event]) * factor
-    out: list[tuple[str, float, int]] = []
-    for item_id, at in last.items():
-        weight = rated[item_id][1] if item_id in rated else implicit.get(item_id, 0.0)
-        if weight > 0:
-            out.append((item_id, weight, at))
-    out.sort(key=lambda x: (-x[2], x[0]))
-    return out[:limit]
+                self.implicit[item_id] = self.implicit.get(item_id, 0.0) + float(weight) * factor
+
+    def newest(self, limit: int) -> list[tuple[str, float, int]]:
+        """``(item_id, weight, at)`` of the items with a positive weight, newest first."""
+        out: list[tuple[str, float, int]] = []
+        for item_id, at in self.last.items():
+            w = self.rated[item_id][1] if item_id in self.rated else self.implicit.get(item_id, 0.0)
+            if w > 0:
+                out.append((item_id, w, at))
+        out.sort(key=lambda x: (-x[2], x[0]))
+        return out[:limit]
