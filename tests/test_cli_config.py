@@ -72,20 +72,6 @@ def test_events_tail_and_user_commands(tmp_path: Path) -> None:
     assert runner.invoke(app, [*home, "user", "export", "shop", "u1"]).exit_code == 1
 
 
-def test_demo_loads_the_sample_idempotently(tmp_path: Path) -> None:
-    home = ["--home", str(tmp_path)]
-    first = runner.invoke(app, [*home, "demo", "--no-serve"])
-    assert first.exit_code == 0, first.output
-    assert "530 events stored" in first.output
-    second = runner.invoke(app, [*home, "demo", "--no-serve"])
-    assert "0 events stored, 530 already there" in second.output
-    with Engine.open(settings=Settings(home=tmp_path)) as engine:
-        orders = [e for e in engine.events("demo", limit=1000) if e["type"] == "track"]
-        assert len(orders) == 450
-        refunds = [e for e in orders if e["event"] == "Order Refunded"]
-        assert refunds and all(e["properties"]["total"] <= 0 for e in refunds)
-
-
 def test_readme_documents_every_setting() -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for name in Settings.model_fields:

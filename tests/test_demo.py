@@ -53,6 +53,10 @@ def test_demo_builds_everything_for_a_known_customer(tmp_path: Path) -> None:
         recs = engine.recs.recommend(ws, user=KNOWN_CUSTOMER, slot="home", k=10)
         assert recs["personalized"] and len(recs["items"]) == 10
         assert all(item["reason"] for item in recs["items"])
+        refunds = [
+            e for e in engine.events(ws, limit=1000) if e.get("event") == "Order Refunded"
+        ]
+        assert refunds and all(e["properties"]["total"] <= 0 for e in refunds)
         results = engine.experiments.results(ws, AA_KEY)
         assert results["users"] > 200 and results["srm"]["pValue"] > 0.001
 

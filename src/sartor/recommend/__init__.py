@@ -4,6 +4,7 @@ from sartor.recommend.base import NotFittedError, Recommender
 from sartor.recommend.models import (
     ALS,
     EASE,
+    EDLAE,
     MODELS,
     ContentBased,
     Hybrid,
@@ -17,6 +18,7 @@ from sartor.recommend.vocab import Vocabulary
 __all__ = [
     "ALS",
     "EASE",
+    "EDLAE",
     "MODELS",
     "ContentBased",
     "Hybrid",

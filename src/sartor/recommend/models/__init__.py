@@ -12,6 +12,7 @@ from sartor.recommend.base import Recommender
 from sartor.recommend.models.als import ALS
 from sartor.recommend.models.content import ContentBased
 from sartor.recommend.models.ease import EASE
+from sartor.recommend.models.edlae import EDLAE
 from sartor.recommend.models.hybrid import Hybrid
 from sartor.recommend.models.itemknn import ItemKNN
 from sartor.recommend.models.popularity import Popularity
@@ -25,6 +26,7 @@ MODELS: dict[str, type[Recommender]] = {
     "ease": EASE,
     "content": ContentBased,
     "hybrid": Hybrid,
+    "edlae": EDLAE,
 }
 
 
@@ -42,6 +44,7 @@ def make_model(name: str, **params: Any) -> Recommender:
 __all__ = [
     "ALS",
     "EASE",
+    "EDLAE",
     "MODELS",
     "ContentBased",
     "Hybrid",
