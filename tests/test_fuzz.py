@@ -697,3 +697,186 @@ def _basic(key: str) -> str:
     import base64
 
     return "Basic " + base64.b64encode(f"{key}:".encode()).decode()
+
+
+# -- 6. the fast message check agrees with the pydantic model ---------------------------------
+
+# Values at and past every bound check_message enforces, and the odd types the model accepts.
+EDGE_STRINGS = [
+    "",
+    " ",
+    "track",
+    "page",
+    "x" * 99,
+    "x" * 100,
+    "x" * 200,
+    "x" * 201,
+    "x" * 255,
+    "x" * 256,
+    "x" * 8193,
+]
+EDGE_OBJECTS: list[Any] = [
+    {},
+    {"a": 1},
+    {"k" * 8192: 1},
+    {"k" * 8193: 1},
+    {1: "not a text key"},  # only from Python callers (Engine.track(properties=...))
+    {"nested": {"k" * 9000: "deeper keys are not the model's concern"}},
+]
+EDGE_TIMES: list[Any] = [
+    "2024-05-01T12:00:00Z",
+    "2024-05-01T12:00:00.123+02:00",
+    "2024-05-01T12:00:00",
+    "0001-01-01T00:00:00+23:59",
+    "0001-01-01T00:00:00-23:59",
+    "garbage",
+    "2024-13-45T00:00:00Z",
+    "9" * 70,
+    1714564800,
+    1714564800123,
+    1714564800.5,
+    0,
+    1e20,
+    10**17,
+    1e308,
+]
+edge_strings = st.sampled_from(EDGE_STRINGS)
+edge_objects = st.sampled_from(EDGE_OBJECTS)
+edge_values = edge_strings | edge_objects | st.sampled_from(EDGE_TIMES) | json_values
+edge_keys = st.sampled_from(MESSAGE_KEYS) | st.sampled_from(["extra", "k" * 9000])
+edge_messages = st.dictionaries(
+    edge_keys, edge_values | st.integers(min_value=-(2**70), max_value=2**70), max_size=10
+)
+
+
+@st.composite
+def valid_but_one(draw: st.DrawFn) -> dict[str, Any]:
+    """A complete, valid message with one or two fields at an edge: a check that let a bad
+    value through (or refused a good one) shows here, every other field being fine."""
+    msg = {
+        **draw(good_templates()),
+        "messageId": "m-1",
+        "userId": "u-1",
+        "anonymousId": "a-1",
+        "context": {"ip": "203.0.113.9"},
+        "properties": {"product_id": "p-1"},
+    }
+    for key, value in draw(st.lists(st.tuples(edge_keys, edge_values), min_size=1, max_size=2)):
+        msg[key] = value
+    return msg
+
+
+def _outcome(validate: Any, raw: Any) -> tuple[Any, ...]:
+    from sartor.collect.errors import FieldError
+    from sartor.collect.messages import Message
+
+    try:
+        msg = validate(raw)
+    except FieldError as exc:
+        return ("error", exc.field, exc.message)
+    return ("ok", {f: getattr(msg, f) for f in Message.model_fields}, msg.model_extra)
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, database=None)
+@given(raw=valid_but_one() | edge_messages | plausible_messages)
+def test_fast_message_check_agrees_with_the_model(raw: dict[str, Any]) -> None:
+    """The hand-written check in front of the model accepts only what the model accepts,
+    with the same values (objects copied, timestamps in ms, extras kept), and every
+    rejection is the model's own, with its field path."""
+    import orjson
+
+    from sartor.collect.messages import Message, check_message, validate_message
+
+    try:
+        size: int | None = len(orjson.dumps(raw))
+    except TypeError:  # a text key orjson cannot write, or an integer past 64 bits
+        size = None
+    reference = _outcome(lambda r: _model_only(Message, r), raw)
+    assert _outcome(lambda r: validate_message(r, "", size), raw) == reference
+    assert _outcome(lambda r: validate_message(r), raw) == reference
+    checked = check_message(raw, size)
+    if checked is not None:
+        assert reference[0] == "ok"
+        assert checked.context is not raw.get("context") or raw.get("context") is None
+
+
+EDGE_BASES = [
+    {"type": "track", "event": "Order Completed", "properties": {"order_id": "o-1"}},
+    {"type": "identify", "traits": {"email": "ann@example.com"}},
+    {"type": "page", "name": "Home"},
+    {"type": "alias", "previousId": "old-1"},
+    {"type": "group", "groupId": "g-1", "integrations": {"All": True}},
+]
+EDGE_VALUES: list[Any] = [
+    *EDGE_STRINGS,
+    *EDGE_OBJECTS,
+    *EDGE_TIMES,
+    None,
+    True,
+    7,
+    2**70,
+    1.5,
+    [],
+    ["x"],
+]
+
+
+def test_fast_message_check_agrees_with_the_model_on_every_edge() -> None:
+    """Every edge value in every field of a few valid messages, exhaustively (the random
+    search above rarely puts an edge value next to only valid fields)."""
+    import orjson
+
+    from sartor.collect.messages import Message, validate_message
+
+    checked = 0
+    for base in EDGE_BASES:
+        base = {**base, "messageId": "m-1", "userId": "u-1", "context": {"ip": "203.0.113.9"}}
+        for key in [*MESSAGE_KEYS, "extra", "k" * 9000, 1]:
+            for value in EDGE_VALUES:
+                raw = {**base, key: value}
+                try:
+                    size: int | None = len(orjson.dumps(raw))
+                except TypeError:
+                    size = None
+                reference = _outcome(lambda r: _model_only(Message, r), raw)
+                got = _outcome(lambda r, n=size: validate_message(r, "", n), raw)
+                assert got == reference, (key, value)
+                checked += 1
+    assert checked > 2000
+
+
+def _model_only(model: Any, raw: Any) -> Any:
+    from pydantic import ValidationError
+
+    from sartor.collect.errors import FieldError
+    from sartor.collect.messages import _path
+
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        raise FieldError(
+            _path("", tuple(err["loc"])), str(err["msg"]).removeprefix("Value error, ")
+        ) from None
+
+
+def test_fast_message_check_takes_the_common_message() -> None:
+    """The check is worth having only if it takes ordinary messages without the model."""
+    from sartor.collect.messages import CheckedMessage, check_message
+
+    raw = {
+        "type": "track",
+        "event": "Product Viewed",
+        "messageId": "m-1",
+        "anonymousId": "a-1",
+        "userId": "u-1",
+        "timestamp": "2024-05-01T12:00:00.123Z",
+        "properties": {"product_id": "p-1", "price": 9.5},
+        "context": {"ip": "203.0.113.9", "library": {"name": "analytics.js"}},
+        "receivedAt": "kept as an extra",
+    }
+    checked = check_message(raw)
+    assert isinstance(checked, CheckedMessage)
+    assert checked.timestamp == 1714564800123
+    assert checked.model_extra == {"receivedAt": "kept as an extra"}
+    assert check_message({**raw, "userId": 42}) is None  # valid, but the model converts it

@@ -103,3 +103,65 @@ def test_identity_in_one_batch_matches_identity_across_batches(engine: Engine) -
                 select(events.c.profile_id).where(events.c.workspace_id == ws.id).distinct()
             ).all()
             assert len(pids) == 1
+
+
+def test_a_full_batch_resolves_known_new_and_duplicate_ids_at_once(
+    engine: Engine,
+    workspace,  # type: ignore[no-untyped-def]
+) -> None:
+    """2,500 items in one group: every lookup list (ids, profiles, messageIds) is far past
+    the 900 values a statement once took, and each item still gets its own answer."""
+    ws = workspace.workspace
+    known = engine.batch(
+        ws,
+        {
+            "batch": [
+                {
+                    "type": "identify",
+                    "messageId": f"k-{i}",
+                    "anonymousId": f"a-{i}",
+                    "userId": f"u-{i}",
+                }
+                for i in range(1200)
+            ]
+        },
+    )
+    assert known.stored == 1200
+    items = []
+    for i in range(2500):
+        if i < 300:  # redelivered
+            items.append({"type": "identify", "messageId": f"k-{i}", "anonymousId": f"a-{i}"})
+        elif i < 1200:  # a known visitor, by either id
+            who = {"anonymousId": f"a-{i}"} if i % 2 else {"userId": f"u-{i}"}
+            items.append({"type": "track", "event": "Product Viewed", "messageId": f"n-{i}", **who})
+        else:  # a new visitor
+            items.append(
+                {
+                    "type": "track",
+                    "event": "Product Viewed",
+                    "messageId": f"n-{i}",
+                    "anonymousId": f"a-{i}",
+                }
+            )
+    result = engine.batch(ws, {"batch": items})
+    assert (result.stored, result.duplicates, result.errors) == (2200, 300, [])
+    with engine.db.connect() as conn:
+        links = dict(
+            conn.execute(
+                select(identities.c.value, identities.c.profile_id).where(
+                    identities.c.workspace_id == ws.id, identities.c.kind == "anonymous_id"
+                )
+            ).all()
+        )
+        stored = dict(
+            conn.execute(
+                select(events.c.message_id, events.c.profile_id).where(
+                    events.c.workspace_id == ws.id, events.c.message_id.like("n-%")
+                )
+            ).all()
+        )
+        n_profiles = len(conn.execute(select(profiles.c.profile_id)).all())
+    assert len(stored) == 2200
+    for i in range(300, 2500):
+        assert stored[f"n-{i}"] == links[f"a-{i}"], i  # the visitor's one profile
+    assert n_profiles == 1200 + 1300  # the known ones, and one per new visitor

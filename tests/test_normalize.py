@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sartor.collect.errors import FieldError
 from sartor.collect.messages import parse_timestamp, validate_message
@@ -215,3 +217,79 @@ def test_pii_traits_are_hashed_with_a_key() -> None:
         WorkspaceSettings(pii_policy="keep"),
     )
     assert kept.payload["traits"]["email"] == "a@b.c"
+
+
+# Product-ish objects: Segment and GA4 spellings, ids and numbers of every JSON type.
+_product_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 5),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(["", " ", "sku-1", "12", "1e3", "x" * 256, "Shoes/Boots"]),
+    st.lists(st.integers(), max_size=2),
+)
+_products = st.dictionaries(
+    st.sampled_from(
+        [
+            "product_id",
+            "sku",
+            "name",
+            "price",
+            "quantity",
+            "category",
+            "brand",
+            "item_id",
+            "id",
+            "item_name",
+            "item_category",
+            "item_category2",
+            "item_categoryX",
+            "url",
+            "products",
+        ]
+    ),
+    _product_values,
+    max_size=7,
+)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(product=_products)
+def test_the_normal_product_shortcut_is_what_normalizing_returns(product: dict) -> None:
+    """normalize_properties keeps a product as it is when _is_normal_product says it is in
+    Segment's shape already; that must be exactly what _normalize_product would return."""
+    from sartor.collect.normalize import _is_normal_product, _normalize_product
+
+    if _is_normal_product(product):
+        normalized = _normalize_product(dict(product), "p")
+        assert normalized == product
+        assert list(normalized) == list(product)  # the same key order, as stored
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(
+    event=st.sampled_from(["Product Viewed", "Product Added", "Order Completed", "view_item"]),
+    props=_products,
+    order_fields=st.dictionaries(
+        st.sampled_from(["order_id", "orderId", "revenue", "value", "total", "items"]),
+        _product_values,
+        max_size=3,
+    ),
+)
+def test_normalized_properties_do_not_alias_the_input(
+    event: str, props: dict, order_fields: dict
+) -> None:
+    """The shortcuts return fresh objects: normalizing never changes what was sent, and a
+    second normalization of the result changes nothing (it is already normal)."""
+    import copy
+
+    sent = {**props, **order_fields}
+    before = copy.deepcopy(sent)
+    name = canonical_event_name(event)
+    try:
+        once = normalize_properties(name, sent, "properties")
+    except FieldError:
+        return
+    assert sent == before  # (a NaN is the same object in both: dicts compare it equal)
+    assert once is not sent
+    assert normalize_properties(name, once, "properties") == once

@@ -5,6 +5,13 @@ erased ids -> identity resolution (anonymousId <-> userId) -> consent gate -> lo
 policy -> append to the event log. All reads a group needs are made up front in a few
 ``IN (...)`` queries and all writes at the end, so a group of thousands of events costs a
 handful of statements whatever its size.
+
+Those statements are written out for each dialect (:class:`_Sql`) rather than built with
+SQLAlchemy constructs: an expanding ``IN`` renders and compiles a new statement for every
+list length (which SQLite then prepares again), and the per-row parameter processing of a
+Core ``executemany`` cost more than the rest of storing an event. A list goes in one
+parameter (a JSON array read by ``json_each`` on SQLite, an array on PostgreSQL), rows as
+tuples, documents serialized once with orjson as the engine's JSON type would.
 """
 
 from __future__ import annotations
@@ -15,14 +22,14 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, select, text, update
+import orjson
+from sqlalchemy import Connection, and_, delete, text, update
 
 from sartor.clock import now_ms
 from sartor.collect.prepare import PreparedEvent
 from sartor.privacy.consent import allowed, apply_consent, merge_consent
 from sartor.privacy.pii import apply_location_policy, derive_key, keyed_hash
-from sartor.storage.sql import chunks, execute_many, insert_ignore
-from sartor.storage.tables import events, identities, profiles, suppressions
+from sartor.storage.tables import events, identities, profiles
 from sartor.workspace import Workspace
 
 USER = "user_id"
@@ -175,78 +182,114 @@ def _apply(ids: _Identities, actions: list[tuple[Any, ...]]) -> None:
             ids.dirty_consent.add(dst)
 
 
+class _Sql:
+    """The statements of the hot path in one dialect's SQL and parameter style."""
+
+    def __init__(self, dialect: str) -> None:
+        pg = dialect == "postgresql"
+        self.pg = pg
+        p = "%s" if pg else "?"
+        doc = "%s::jsonb" if pg else "?"
+
+        def within(column: str) -> str:
+            if pg:
+                return f"{column} = ANY(%s)"
+            return f"{column} IN (SELECT value FROM json_each(?))"
+
+        self.links = (
+            f"SELECT value, profile_id FROM identities WHERE workspace_id = {p} AND kind = {p}"
+            f" AND {within('value')}"
+        )
+        self.users_of = (
+            f"SELECT value, profile_id FROM identities WHERE workspace_id = {p} AND kind = {p}"
+            f" AND {within('profile_id')}"
+        )
+        self.consent_of = (
+            f"SELECT profile_id, consent FROM profiles WHERE workspace_id = {p}"
+            f" AND {within('profile_id')}"
+        )
+        self.message_ids = (
+            f"SELECT message_id FROM events WHERE workspace_id = {p} AND {within('message_id')}"
+        )
+        self.any_suppression = f"SELECT 1 FROM suppressions WHERE workspace_id = {p} LIMIT 1"
+        self.suppressed = (
+            f"SELECT id_hash FROM suppressions WHERE workspace_id = {p} AND {within('id_hash')}"
+        )
+        self.insert_links = (
+            "INSERT INTO identities (workspace_id, kind, value, profile_id, created_at)"
+            f" VALUES ({p}, {p}, {p}, {p}, {p}) ON CONFLICT DO NOTHING"
+        )
+        self.insert_profiles = (
+            "INSERT INTO profiles (workspace_id, profile_id, consent, traits, created_at,"
+            f" updated_at, version) VALUES ({p}, {p}, {doc}, {doc}, {p}, {p}, {p})"
+            " ON CONFLICT DO NOTHING"
+        )
+        self.insert_events = (
+            "INSERT INTO events (workspace_id, message_id, type, event, category, user_id,"
+            " anonymous_id, profile_id, timestamp, received_at, payload)"
+            f" VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {doc})"
+            " ON CONFLICT DO NOTHING"
+        )
+
+    def values(self, values: list[str]) -> Any:
+        """A list as the one parameter of a ``within`` condition."""
+        return values if self.pg else orjson.dumps(values).decode()
+
+
+_SQL = {name: _Sql(name) for name in ("sqlite", "postgresql")}
+
+
+def _sql(conn: Connection) -> _Sql:
+    return _SQL[conn.dialect.name]
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _document(value: Any) -> Any:
+    """A JSON column as read: text on SQLite, already decoded by psycopg on PostgreSQL."""
+    return orjson.loads(value) if isinstance(value, str | bytes) else value
+
+
 def _load(conn: Connection, ws: str, evs: list[PreparedEvent], key: bytes) -> _Identities:
     ids = _Identities(ws, key)
-    users = sorted(
-        {e.user_id for e in evs if e.user_id} | {e.previous_id for e in evs if e.previous_id}
-    )
-    anons = sorted(
-        {e.anonymous_id for e in evs if e.anonymous_id}
-        | {e.previous_id for e in evs if e.previous_id}
-    )
-    emails = sorted({e.email_hash for e in evs if e.email_hash})
+    sql = _sql(conn)
+    previous = {e.previous_id for e in evs if e.previous_id}
+    users = {e.user_id for e in evs if e.user_id} | previous
+    anons = {e.anonymous_id for e in evs if e.anonymous_id} | previous
+    emails = {e.email_hash for e in evs if e.email_hash}
+    links = ids.links
     for kind, values in ((USER, users), (ANON, anons), (EMAIL, emails)):
-        for part in chunks(values):
-            rows = conn.execute(
-                select(identities.c.value, identities.c.profile_id).where(
-                    identities.c.workspace_id == ws,
-                    identities.c.kind == kind,
-                    identities.c.value.in_(part),
-                )
-            ).all()  # all(): one fetchall, not a fetchone per row
-            for value, pid in rows:
-                ids.links[(kind, value)] = pid
-    pids = sorted(set(ids.links.values()))
-    for part in chunks(pids):
-        for pid, consent in conn.execute(
-            select(profiles.c.profile_id, profiles.c.consent).where(
-                profiles.c.workspace_id == ws, profiles.c.profile_id.in_(part)
-            )
-        ).all():
-            ids.consent[pid] = consent or {}
+        if values:
+            for value, pid in conn.exec_driver_sql(
+                sql.links, (ws, kind, sql.values(list(values)))
+            ).all():  # all(): one fetchall, not a fetchone per row
+                links[(kind, value)] = pid
+    if links:
+        pids = sql.values(list(set(links.values())))
+        for pid, consent in conn.exec_driver_sql(sql.consent_of, (ws, pids)).all():
+            # "{}": what almost every profile of an opt_out workspace holds
+            ids.consent[pid] = (_document(consent) if consent != "{}" else None) or {}
             ids.existing_profiles.add(pid)
-        for value, pid in conn.execute(
-            select(identities.c.value, identities.c.profile_id).where(
-                identities.c.workspace_id == ws,
-                identities.c.kind == USER,
-                identities.c.profile_id.in_(part),
-            )
-        ).all():
+        for value, pid in conn.exec_driver_sql(sql.users_of, (ws, USER, pids)).all():
             ids.users[pid].add(value)
     return ids
 
 
 def _existing_message_ids(conn: Connection, ws: str, message_ids: list[str]) -> set[str]:
-    found: set[str] = set()
-    for part in chunks(message_ids):
-        found.update(
-            conn.execute(
-                select(events.c.message_id).where(
-                    events.c.workspace_id == ws, events.c.message_id.in_(part)
-                )
-            )
-            .scalars()
-            .all()
-        )
-    return found
+    sql = _sql(conn)
+    rows = conn.exec_driver_sql(sql.message_ids, (ws, sql.values(message_ids))).all()
+    return {row[0] for row in rows}
 
 
 def _has_suppressions(conn: Connection, ws: str) -> bool:
-    query = select(suppressions.c.id_hash).where(suppressions.c.workspace_id == ws).limit(1)
-    return conn.execute(query).first() is not None
+    return conn.exec_driver_sql(_sql(conn).any_suppression, (ws,)).first() is not None
 
 
 def _suppressed(conn: Connection, ws: str, hashes: list[str]) -> set[str]:
-    found: set[str] = set()
-    for part in chunks(hashes):
-        found.update(
-            conn.execute(
-                select(suppressions.c.id_hash).where(
-                    suppressions.c.workspace_id == ws, suppressions.c.id_hash.in_(part)
-                )
-            ).scalars()
-        )
-    return found
+    sql = _sql(conn)
+    return {row[0] for row in conn.exec_driver_sql(sql.suppressed, (ws, sql.values(hashes)))}
 
 
 def store_events(
@@ -352,60 +395,42 @@ def _write(
         )
         ids.existing_profiles.discard(src)
         ids.new_profiles.discard(src)
-    execute_many(
-        conn,
-        insert_ignore(conn, identities),
-        [
-            {
-                "workspace_id": ws,
-                "kind": k,
-                "value": v,
-                "profile_id": ids.resolve(p),
-                "created_at": now,
-            }
-            for (k, v), p in ids.new_links.items()
-        ],
-    )
+    sql = _sql(conn)
+    if ids.new_links:
+        conn.exec_driver_sql(
+            sql.insert_links,
+            [(ws, k, v, ids.resolve(p), now) for (k, v), p in ids.new_links.items()],
+        )
     new_profiles = {ids.resolve(p) for p in ids.new_profiles} - ids.existing_profiles
-    execute_many(
-        conn,
-        insert_ignore(conn, profiles),
-        [
-            {
-                "workspace_id": ws,
-                "profile_id": p,
-                "consent": ids.consent_of(p),
-                "traits": {},
-                "created_at": now,
-                "updated_at": now,
-                "version": 1,
-            }
-            for p in sorted(new_profiles)
-        ],
-    )
+    if new_profiles:
+        conn.exec_driver_sql(
+            sql.insert_profiles,
+            [(ws, p, _dumps(ids.consent_of(p)), "{}", now, now, 1) for p in sorted(new_profiles)],
+        )
     for p in sorted({ids.resolve(p) for p in ids.dirty_consent} - new_profiles):
         conn.execute(
             update(profiles)
             .where(profiles.c.workspace_id == ws, profiles.c.profile_id == p)
             .values(consent=ids.consent_of(p), updated_at=now, version=profiles.c.version + 1)
         )
-    execute_many(
-        conn,
-        insert_ignore(conn, events),
-        [
-            {
-                "workspace_id": ws,
-                "message_id": e.message_id,
-                "type": e.type,
-                "event": e.event,
-                "category": e.category,
-                "user_id": e.user_id,
-                "anonymous_id": e.anonymous_id,
-                "profile_id": ids.resolve(pid),
-                "timestamp": e.timestamp,
-                "received_at": e.received_at,
-                "payload": payload,
-            }
-            for e, pid, payload in rows
-        ],
-    )
+    if rows:
+        resolve = ids.resolve
+        conn.exec_driver_sql(
+            sql.insert_events,
+            [
+                (
+                    ws,
+                    e.message_id,
+                    e.type,
+                    e.event,
+                    e.category,
+                    e.user_id,
+                    e.anonymous_id,
+                    resolve(pid),
+                    e.timestamp,
+                    e.received_at,
+                    _dumps(payload),
+                )
+                for e, pid, payload in rows
+            ],
+        )

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from sartor.collect.errors import FieldError
-from sartor.collect.messages import Message, find_nul, validate_message
+from sartor.collect.messages import AnyMessage, find_nul, validate_message
 from sartor.collect.normalize import MAX_PRODUCTS, canonical_event_name, normalize_properties
 from sartor.privacy.consent import consent_statements, event_category
 from sartor.privacy.pii import HASH_PREFIX, hash_pii_traits, keyed_hash, normalize_pii
@@ -21,8 +21,6 @@ from sartor.workspace import WorkspaceSettings
 MAX_EVENT_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 500 * 1024
 MAX_BATCH_ITEMS = 2_500
-
-_PAYLOAD_FIELDS = ("properties", "traits", "context", "integrations")
 
 
 @dataclass(slots=True)
@@ -66,7 +64,7 @@ def merge_context(batch_context: dict[str, Any] | None, item: dict[str, Any] | N
     return out
 
 
-def resolve_timestamp(msg: Message, sent_at: int | None, received_at: int) -> int:
+def resolve_timestamp(msg: AnyMessage, sent_at: int | None, received_at: int) -> int:
     """Segment's rule: an explicit ``timestamp`` is kept; otherwise, with a client clock
     (``originalTimestamp`` and ``sentAt``), ``receivedAt - (sentAt - originalTimestamp)``
     corrects the client's skew; otherwise the time it arrived."""
@@ -104,18 +102,20 @@ def prepare(
     max_event_bytes: int = MAX_EVENT_BYTES,
     max_products: int = MAX_PRODUCTS,
     products_normalized: bool = False,
+    junk_ids: frozenset[str] | None = None,
 ) -> PreparedEvent:
     """Validate and normalize one item; raises :class:`FieldError` naming the bad field.
 
     ``max_event_bytes`` is Segment's 32 KB at the API and ``max_products`` its 1,000
     products per event; trusted imports may raise both (a 1,000-line invoice is one real
-    order). ``products_normalized``: see :func:`normalize_properties`."""
+    order). ``products_normalized``: see :func:`normalize_properties`. ``junk_ids`` is
+    ``settings.junk_id_set``, which a caller preparing many items computes once."""
     encoded = orjson.dumps(raw) if isinstance(raw, dict) else None
     if encoded is not None and len(encoded) > max_event_bytes:
         raise FieldError(
             prefix or "body", f"event is larger than {max_event_bytes} bytes", status=413
         )
-    msg = validate_message(raw, prefix)
+    msg = validate_message(raw, prefix, len(encoded) if encoded is not None else None)
     p = f"{prefix}." if prefix else ""
     # JSON escapes NUL as \u0000 in keys and strings alike: walk the item for its path only
     # when the encoding has one (or a literal backslash-u0000, which the walk then clears).
@@ -128,7 +128,7 @@ def prepare(
     if implied_type and msg.type and msg.type != implied_type:
         raise FieldError(f"{p}type", f"is {msg.type!r} but this endpoint takes {implied_type!r}")
 
-    junk = settings.junk_id_set
+    junk = settings.junk_id_set if junk_ids is None else junk_ids
     ignored = []
     user_id = _clean_id(msg.userId, junk)
     anonymous_id = _clean_id(msg.anonymousId, junk)
@@ -159,9 +159,12 @@ def prepare(
 
     payload: dict[str, Any] = {}
     if msg.model_extra:
-        payload.update((k, v) for k, v in msg.model_extra.items() if k not in ("receivedAt",))
-    context = merge_context(batch_context, msg.context)
-    integrations = merge_context(batch_integrations, msg.integrations)
+        payload.update((k, v) for k, v in msg.model_extra.items() if k != "receivedAt")
+    # (merge_context without a batch-level object is the item's own: skip the call)
+    context = merge_context(batch_context, msg.context) if batch_context else msg.context
+    integrations = msg.integrations
+    if batch_integrations:
+        integrations = merge_context(batch_integrations, integrations)
     properties = msg.properties
     if msg_type == "track" and properties and event:
         properties = normalize_properties(
@@ -178,11 +181,14 @@ def prepare(
                     context["traits"], settings.pii_traits, settings.pii_policy, pii_key
                 ),
             }
-    for name, value in zip(
-        _PAYLOAD_FIELDS, (properties, traits, context, integrations), strict=True
-    ):
-        if value is not None:
-            payload[name] = value
+    if properties is not None:
+        payload["properties"] = properties
+    if traits is not None:
+        payload["traits"] = traits
+    if context is not None:
+        payload["context"] = context
+    if integrations is not None:
+        payload["integrations"] = integrations
     if msg_type == "track" and event != msg.event:
         payload["originalEvent"] = msg.event
     if msg.category is not None:
