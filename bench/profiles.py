@@ -20,17 +20,21 @@ sign in later, some on a second device, which merges profiles):
   ``profile.updated`` (Redis pub/sub) has been seen at every profile's newest event.
 
 Latency: ``--history`` events are stored and folded first (profiles with a past, as in
-production), then a paced sender offers ``--rate`` events/s (10 events every 10 ms) for
-``--seconds`` (after a 2 s warm-up that is not counted); for each event, the time from just
-before it is sent to the first ``profile.updated`` of its profile whose ``lastSeq`` covers it.
-The ingest acknowledgement time is shown too (it is part of the latency).
+production; the run starts once their segment transitions are logged and folded too), then
+a paced sender offers ``--rate`` events/s (10 events every 10 ms, drawn beforehand and
+stamped when sent) for ``--seconds`` (after a 2 s warm-up that is not counted); for each
+event, the time from just before it is sent to the first ``profile.updated`` of its profile
+whose ``lastSeq`` covers it. The ingest acknowledgement time is shown too (it is part of the
+latency), and the CPU time of the benchmark's processes per event offered (on a shared
+machine the latency depends on what the others leave; the CPU cost does much less).
 
 * **SQLite, in-process**: ``Engine.ingest`` from a small thread pool, the embedded bus
-  folding, observed by a listener on ``engine.updater`` (target p99 < 50 ms);
-  ``--folds-only`` detaches the segment evaluation, for diagnosis;
+  folding, observed by a listener on ``engine.updater`` (target p99 < 50 ms); the garbage
+  collector is tuned as ``sartor serve`` tunes it; ``--folds-only`` detaches the segment
+  evaluation, for diagnosis;
 * **PostgreSQL + Redis**: ``POST /v1/batch`` to a ``sartor serve`` subprocess, ``--workers``
   ``sartor worker`` processes, observed on the WebSocket ``/v1/stream`` of the API process
-  (target p99 < 200 ms).
+  (target p99 < 200 ms); the CPU is shown per process kind (API, workers, the rest).
 
 Medians (min .. max) over the runs. The machine's other load is measured during each phase
 and shown: this box has 2 cores and may be shared. When the PostgreSQL server runs with
@@ -73,12 +77,13 @@ sys.path.insert(0, str(ROOT / "src"))
 from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
+from sartor.cli import _tune_gc  # noqa: E402
 from sartor.config import Settings  # noqa: E402
 from sartor.engine import Engine  # noqa: E402
 from sartor.profiles import folds  # noqa: E402
 from sartor.profiles import store as profile_store  # noqa: E402
 from sartor.storage.db import write_tx  # noqa: E402
-from sartor.testing.traffic import Traffic  # noqa: E402
+from sartor.testing.traffic import Traffic, iso  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get(
     "SARTOR_BENCH_POSTGRES_URL", "postgresql+psycopg://root@127.0.0.1:5432"
@@ -140,6 +145,7 @@ class Load:
                 ours += used
             else:
                 other += used
+        self.ours_seconds = ours
         self.ours = ours / wall
         self.other = other / wall
 
@@ -577,9 +583,14 @@ def pace(
     per_tick: int = 10,
     threads: int = 8,
 ) -> Paced:
-    """Offer ``rate`` events/s in ticks of ``per_tick`` events for ``seconds``."""
+    """Offer ``rate`` events/s in ticks of ``per_tick`` events for ``seconds``.
+
+    The messages are drawn beforehand and only stamped with the time when sent: drawing
+    them costs CPU (and the GIL) that the engine under test must not share."""
     out = Paced()
     interval = per_tick / rate
+    ticks = int(seconds / interval) + 1
+    drawn = [[traffic.event(0) for _ in range(per_tick)] for _ in range(ticks)]
     futures: list[Future[None]] = []
     with ThreadPoolExecutor(threads) as pool:
         t0 = time.perf_counter()
@@ -590,8 +601,10 @@ def pace(
             delay = target - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-            now_ms = time.time_ns() // 1_000_000
-            batch = [traffic.event(now_ms) for _ in range(per_tick)]
+            stamp = iso(time.time_ns() // 1_000_000)
+            batch = drawn[k]
+            for m in batch:
+                m["timestamp"] = stamp
             out.lag.append(time.perf_counter() - target)
             futures.append(pool.submit(send, batch, out))
         for f in futures:
@@ -639,12 +652,19 @@ def message_places(db: Any, mids: set[str]) -> dict[str, tuple[int, str]]:
         }
 
 
-def wait_caught_up(db: Any, timeout: float = 300.0) -> None:
+def wait_caught_up(db: Any, timeout: float = 300.0, steady: float = 1.0) -> None:
+    """Until every profile is folded up to its newest event and the log has not grown for
+    ``steady`` seconds."""
     deadline = time.monotonic() + timeout
-    while behind(db):
+    last = -1
+    while True:
+        n = count_events(db)
+        if n == last and not behind(db):
+            return
         if time.monotonic() > deadline:
             raise RuntimeError("profiles did not catch up with the log")
-        time.sleep(0.5)
+        last = n
+        time.sleep(steady)
 
 
 def wait_seen(paced: Paced, seen: Observer, db: Any, timeout: float = 15.0) -> None:
@@ -672,6 +692,10 @@ def summarize_latency(
         "ack_p50_ms": pct(paced.acks, 0.50) * 1000,
         "ack_p99_ms": pct(paced.acks, 0.99) * 1000,
         "cores_used": load.ours,
+        # CPU of this benchmark's processes (the engine, or the API and the workers, with
+        # PostgreSQL and Redis) per event offered, warm-up included: the cost behind the
+        # latency, which on a shared machine says more than the latency itself.
+        "cpu_us_per_event": load.ours_seconds / max(1, len(paced.sent)) * 1e6,
         "p50": pct(ms, 0.50),
         "p90": pct(ms, 0.90),
         "p99": pct(ms, 0.99),
@@ -685,8 +709,8 @@ def summarize_latency(
         f"{result['max']:.0f} ms over {len(ms):,} events at {result['offered_rate']:,.0f}/s "
         f"(ingest ack p50 {result['ack_p50_ms']:.1f} ms p99 {result['ack_p99_ms']:.1f} ms; "
         f"unseen {unseen}, errors {len(paced.errors)}, sender lag p99 "
-        f"{result['send_lag_p99_ms']:.1f} ms; cores: this benchmark {load.ours:.2f}, "
-        f"others {load.other:.2f})"
+        f"{result['send_lag_p99_ms']:.1f} ms; cores: this benchmark {load.ours:.2f} "
+        f"({result['cpu_us_per_event']:.0f} us CPU per event), others {load.other:.2f})"
     )
     return result
 
@@ -710,7 +734,12 @@ def bench_latency_sqlite(args: argparse.Namespace, tmp: Path, run: int) -> dict[
         traffic = Traffic(args.users, args.seed + run, second_devices=False, prefix="bench")
         ingest_all(engine, ws.id, traffic.history(args.history, int(time.time() * 1000) - 1000))
         engine.start()  # its replay folds the history
+        # Folding the history makes everyone enter "active": those transitions are logged
+        # once the whole replay has been evaluated, then folded by the bus. That burst must
+        # be over before the run starts (the bus is idle once it has folded them).
+        engine.bus.idle.wait(120)
         wait_caught_up(engine.db)
+        _tune_gc()  # as `sartor serve` does before it takes traffic
 
         def send(batch: list[dict[str, Any]], out: Paced) -> None:
             t = time.perf_counter()
@@ -754,7 +783,8 @@ def bench_latency_pg(args: argparse.Namespace, tmp: Path, run: int) -> dict[str,
         server, port = start_server(url, home / "api", env)
         procs.append(server)
         procs += [start_worker(url, home / f"w{i}", env, f"w{i}") for i in range(args.workers)]
-        wait_caught_up(db)  # the workers fold the history
+        # The workers fold the history, then log and fold everyone's entry into "active".
+        wait_caught_up(db, steady=3.0)
         before = count_events(db)
         seen = Observer()
         ws_conn = stack.enter_context(
@@ -801,13 +831,25 @@ def bench_latency_pg(args: argparse.Namespace, tmp: Path, run: int) -> dict[str,
             if resp.status != 200:
                 out.errors.append(f"{resp.status} {data[:200]!r}")
 
+        workers = procs[1:]
         with Load() as load:
+            api0, workers0 = proc_cpu(server), sum(proc_cpu(w) for w in workers)
             paced = pace(send, traffic, args.rate, args.seconds + WARMUP_S)
             wait_seen(paced, seen, db)
+            api1, workers1 = proc_cpu(server), sum(proc_cpu(w) for w in workers)
         stop.set()
         listener.join()
         result = summarize_latency(
             f"latency pg+redis run {run + 1}", paced, seen, db, args.rate, load
+        )
+        # Where the CPU goes: the API process, the workers, and the rest (PostgreSQL, Redis).
+        sent = max(1, len(paced.sent))
+        api_us = result["cpu_us_per_event_api"] = (api1 - api0) / sent * 1e6
+        workers_us = result["cpu_us_per_event_workers"] = (workers1 - workers0) / sent * 1e6
+        log(
+            f"  CPU per event: API process {api_us:.0f} us, {len(workers)} workers "
+            f"{workers_us:.0f} us, the rest (PostgreSQL, Redis) "
+            f"{result['cpu_us_per_event'] - api_us - workers_us:.0f} us"
         )
         # Fewer `event` messages than events stored: the stream dropped some (a subscriber
         # queue overflowed), so some profile.updated may have been lost too.
@@ -861,6 +903,7 @@ def rows(results: dict[str, Any]) -> Iterator[tuple[str, list[float], str, str]]
             yield f"{label} p50", [x["p50"] for x in runs], "ms", ""
             yield f"{label} p99", [x["p99"] for x in runs], "ms", f"< {target} ms"
             yield f"{label} max", [x["max"] for x in runs], "ms", ""
+            yield f"  CPU per event, {label[8:]}", [x["cpu_us_per_event"] for x in runs], "us", ""
 
 
 def verdict(values: list[float], target: str) -> str:

@@ -347,6 +347,56 @@ def test_an_empty_profile_views_as_nothing() -> None:
     assert got["category_affinity"] == {} and not got["intent"]["abandoned_cart"]
 
 
+@PURE
+@given(streams(max_size=60), st.integers(0, 3 * 86_400_000), configs, st.data())
+def test_the_lazy_view_reads_as_the_view(
+    evs: list[dict[str, Any]], later: int, cfg: ProfileConfig, data: Any
+) -> None:
+    doc = fold_all(evs, cfg)
+    now = T0 + 600 * MINUTE + later
+    full = folds.view(doc, now, cfg)
+    lazy = folds.LazyView(doc, now, cfg)
+    # One field read on its own (what a segment rule does), then all of them, in order.
+    key = data.draw(st.sampled_from(sorted(full)))
+    assert key in lazy and lazy[key] == full[key]
+    assert "no_such_field" not in lazy
+    assert list(lazy) == list(full) and len(lazy) == len(full)
+    assert dict(lazy) == full and lazy == full
+
+
+def _recent_reference(
+    a: list[dict[str, Any]], b: list[dict[str, Any]], limit: int
+) -> list[dict[str, Any]]:
+    """Recent items merged the obvious way: every item, first of a key kept, newest first."""
+    seen: dict[tuple[int, str, str], dict[str, Any]] = {}
+    for item in a + b:
+        seen.setdefault((item["at"], item["mid"], item["product_id"]), item)
+    return [seen[k] for k in sorted(seen, reverse=True)][:limit]
+
+
+recent_items = st.builds(
+    lambda pid, at, mid, action: {"product_id": pid, "action": action, "at": at, "mid": mid},
+    st.sampled_from(["sku-1", "sku-2", "sku-3"]),
+    st.integers(0, 5),  # few values: equal times, and equal keys, are common
+    st.sampled_from(["m1#0", "m1#1", "m2#0", "m10#0"]),
+    st.sampled_from(["viewed", "bought"]),
+)
+
+
+@PURE
+@given(st.lists(recent_items, max_size=12), st.lists(recent_items, max_size=12), configs)
+def test_recent_items_merge_as_a_full_sort_would(
+    kept: list[dict[str, Any]], new: list[dict[str, Any]], cfg: ProfileConfig
+) -> None:
+    limit = cfg.recent_items
+    a = _recent_reference(kept, [], limit)  # a profile's list: newest first, keys unique
+    got = folds._merge_recent(a, new, limit)
+    want = _recent_reference(a, new, limit)
+    assert got == want
+    # The same items, not equal copies: for a key in both, the kept item wins.
+    assert all(x is y for x, y in zip(got, want, strict=True))
+
+
 def test_sessions_split_at_exactly_the_gap() -> None:
     evs = [
         {

@@ -506,6 +506,134 @@ def test_a_dead_workers_entries_are_reclaimed(
         workers.stop()
 
 
+# -- the fold states kept in memory ------------------------------------------------------------
+
+
+def test_a_state_kept_in_memory_is_not_used_once_another_process_folded(
+    database_url: str, settings: Settings
+) -> None:
+    """Each updater keeps the states it saved; a profile another process folded since (or
+    a merge marked for refolding) must be read again, or events would be lost or doubled."""
+    first = Engine.open(database_url, settings=settings)
+    second = Engine.open(database_url, settings=settings, migrate=False)
+    try:
+        ws = new_workspace(first).workspace
+
+        def view(engine: Engine, i: int, **ids: str) -> None:
+            result = engine.track(
+                ws,
+                "Product Viewed",
+                message_id=f"view-{i}",
+                timestamp=iso(T0 + i * MINUTE),
+                properties={"product_id": f"sku-{i}", "category": "shoes", "price": 10 + i},
+                **ids,
+            )
+            assert result.stored == 1
+
+        def events_of(engine: Engine, any_id: str) -> int:
+            return int(engine.profile(ws, any_id)["computed"]["events"])
+
+        view(first, 1, user_id="u")
+        assert events_of(first, "u") == 1  # folded by the first, which keeps the state
+        view(second, 2, user_id="u")
+        assert events_of(second, "u") == 2  # folded by the second
+        view(first, 3, user_id="u")
+        assert events_of(first, "u") == 3  # the first's state is stale: read again
+        # A merge: the anonymous visitor's profile folds into the user's, from scratch.
+        view(first, 4, anonymous_id="a")
+        assert events_of(first, "a") == 1
+        first.identify(ws, user_id="u", anonymous_id="a", message_id="link", timestamp=iso(T0))
+        view(first, 5, user_id="u")
+        assert events_of(first, "u") == 6  # five views and the identify
+        incremental = stored_docs(first, ws.id)
+        reference = reference_docs(first, ws.id)
+        first.rebuild(ws)
+        assert_same_profiles(incremental, stored_docs(first, ws.id), reference)
+    finally:
+        second.close()
+        first.close()
+
+
+def test_a_merge_between_folding_and_saving_is_not_lost(sqlite_engine: Engine) -> None:
+    """On SQLite the updater folds before it takes the write lock; a merge landing in
+    between (the survivor marked for refolding, the other's events moved to it) must make
+    it fold again under the lock, or the merged events would never reach the profile. (On
+    PostgreSQL the rows are locked before they are folded: the merge waits.)"""
+    engine = sqlite_engine
+    ws = new_workspace(engine).workspace
+    engine.track(ws, "Product Viewed", anonymous_id="a", message_id="a1", timestamp=iso(T0))
+    engine.track(ws, "Product Viewed", user_id="u", message_id="u1", timestamp=iso(T0 + 1))
+    engine.profile(ws, "a")
+    engine.profile(ws, "u")
+    engine.track(ws, "Product Viewed", user_id="u", message_id="u2", timestamp=iso(T0 + 2))
+    engine.profile(ws, "u")
+    engine.track(ws, "Product Viewed", user_id="u", message_id="u3", timestamp=iso(T0 + 3))
+    updater = engine.updater
+    fold_once = updater._fold
+    raced: list[bool] = []
+
+    def fold_then_merge(*args: Any) -> Any:
+        work = fold_once(*args)
+        if not raced:  # after the first fold, before the lock: the person signs in
+            raced.append(True)
+            result = engine.identify(ws, user_id="u", anonymous_id="a", message_id="link")
+            assert result.stored == 1
+        return work
+
+    updater._fold = fold_then_merge  # type: ignore[method-assign]
+    try:
+        with engine.db.connect() as conn:
+            pids = [p for (p,) in conn.execute(select(profiles.c.profile_id))]
+        updater.catch_up((ws.id, p) for p in pids)
+    finally:
+        del updater._fold
+    assert raced
+    engine.updater.replay()  # whatever the merge left for later
+    merged = engine.profile(ws, "u")
+    assert merged["profileId"] == engine.profile(ws, "a")["profileId"]
+    assert merged["computed"]["events"] == 5  # four views and the identify
+    incremental = stored_docs(engine, ws.id)
+    reference = reference_docs(engine, ws.id)
+    engine.rebuild(ws)
+    assert_same_profiles(incremental, stored_docs(engine, ws.id), reference)
+
+
+def test_a_bounded_replay_stops_at_its_position(engine: Engine) -> None:
+    """A worker's periodic replay goes up to the head it saw one period ago (newer events
+    are still on their way through the stream); the next replay takes the rest."""
+    from sartor.profiles import store
+
+    ws = new_workspace(engine).workspace  # the bus is not started: nothing folds by itself
+    for i, user in enumerate(["early", "early", "late"]):
+        engine.track(ws, "Product Viewed", user_id=user, message_id=f"m{i}")
+    with engine.db.connect() as conn:
+        head = store.head(conn)
+        start = store.get_checkpoint(conn, "profiles")
+
+    def folded() -> dict[str, int]:
+        return {
+            user: int(doc["events"]) if doc else 0
+            for user in ("early", "late")
+            for doc in [stored_docs(engine, ws.id).get(_pid(engine, ws, user))]
+        }
+
+    assert engine.updater.replay(upto=head - 1) == 1
+    assert folded() == {"early": 2, "late": 0}
+    with engine.db.connect() as conn:
+        assert store.get_checkpoint(conn, "profiles") == max(start, head - 1)
+    engine.updater.replay()  # the rest (and early's entry into "active", logged meanwhile)
+    assert folded() == {"early": 2, "late": 1}
+
+
+def _pid(engine: Engine, ws: Any, user: str) -> str:
+    """The profile of a user's events, read from the log (no catch-up on this path)."""
+    with engine.db.connect() as conn:
+        query = select(events.c.profile_id).where(
+            events.c.workspace_id == ws.id, events.c.user_id == user
+        )
+        return str(conn.execute(query.limit(1)).scalar_one())
+
+
 # -- the hot-user refresh rule ---------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from sartor.collect.errors import FieldError
-from sartor.engine import Engine
+from sartor.engine import CreatedWorkspace, Engine
 from sartor.segments.rfm import group_of, quantile_scores
 from sartor.segments.rules import Context, compile_rule
 
@@ -237,6 +237,88 @@ def test_membership_changes_within_100ms_and_are_logged(client, engine: Engine, 
     assert statistics.median(latencies) < 0.1, latencies
     names = [e["event"] for e in engine.events(ws, user="fast-0")]
     assert "Segment Entered" in names
+
+
+EVENT_CONDITIONS: list[dict[str, Any]] = [
+    {"event": "Order Completed", "min_count": 5, "within_days": 90},
+    {"event": "Order Completed", "min_count": 2, "max_count": 3, "within_days": 30},
+    {"event": "Order Completed", "min_count": 0, "max_count": 0, "within_days": 10},
+    {"event": "Order Completed", "where": [{"property": "total", "op": "gt", "value": 500}]},
+    {"event": "Product Viewed", "min_count": 3, "within_days": 7},
+    {"event": "Product Viewed", "min_count": 2, "max_count": 4},
+    {"event": "Product Viewed", "since": "{50 days ago}", "min_count": 2},
+    {"event": "Product Viewed", "until": "{50 days ago}"},
+    {"event": "Product Viewed", "since": "2020-01-01T00:00:00Z", "until": "{50 days ago}"},
+    {"event": "Segment Entered", "min_count": 1},
+    {"event": "Never Happened", "min_count": 0, "max_count": 0},
+]
+
+
+def test_counts_known_from_the_profile_decide_as_counting_would(
+    engine: Engine, workspace: CreatedWorkspace
+) -> None:
+    """Event conditions are mostly decided from the folded profile (its count of the name
+    bounds every count; when all of its events fall in the window, it is the count): the
+    decision must be the one counting the logged events gives, for every person."""
+    from functools import partial
+
+    from sartor.segments.service import _count_range
+
+    ws = workspace.workspace
+    now = int(time.time() * 1000)
+    # (orders days ago, views days ago) per person: inside and across the windows. The
+    # first order of each is a big one, except for the small spender.
+    people = {
+        "new": ([1, 2], [0, 1, 3]),
+        "loyal-recent": ([1, 5, 9, 20, 40, 60], [2]),
+        "loyal-old": ([5, 100, 120, 150, 200, 300], [1, 2, 3, 400]),
+        "lapsed": ([95, 200], [100]),
+        "browser": ([], [0, 1, 2, 6, 8, 9]),
+        "big-once": ([12], []),
+        "small-spender": ([3, 4], [3]),
+    }
+    for user, (orders, views) in people.items():
+        for i, days in enumerate(orders):
+            total = 900 if i == 0 and user != "small-spender" else 40
+            engine.track(
+                ws,
+                "Order Completed",
+                user_id=user,
+                timestamp=now - days * DAY - 1000,
+                properties={"total": total},
+            )
+        for days in views:
+            engine.track(ws, "Product Viewed", user_id=user, timestamp=now - days * DAY - 1000)
+    engine.updater.replay()  # folds them (and logs everyone's entry into "active")
+    engine.updater.replay()  # folds those transitions
+    segs = engine.segments
+    ago = datetime.fromtimestamp((now - 50 * DAY) / 1000, UTC).isoformat()
+    definitions = [
+        {k: ago if v == "{50 days ago}" else v for k, v in d.items()} for d in EVENT_CONDITIONS
+    ]
+    rules = [(d, compile_rule(d)) for d in definitions]
+    pids = [engine.profile(ws, user)["profileId"] for user in people]
+    counted: list[str] = []  # the decisions the bounds left to counting
+
+    with engine.db.connect() as conn:
+        states = segs._states(conn, ws.id, pids)
+        known = _count_range(states, now)
+        counter = segs._event_counter(conn, ws.id, pids, now)  # counts everyone
+
+        def count(pid: str, cond: Any) -> int:
+            counted.append(pid)
+            return counter(pid, cond)
+
+        for pid in pids:
+            view = segs._view(pid, *states[pid], now)
+            for definition, rule in rules:
+                fast = Context(now=now, count_events=partial(count, pid))
+                fast.event_range = partial(known, pid)
+                slow = Context(now=now, count_events=partial(counter, pid))
+                assert rule(view, fast) == rule(view, slow), (pid, definition)
+    # Most decisions need no query (the point of the bounds), not all (old orders do).
+    checks = len(pids) * len(rules)
+    assert 0 < len(counted) < checks // 2, (len(counted), checks)
 
 
 def test_a_lapsing_user_leaves_active_at_the_next_scheduled_evaluation(

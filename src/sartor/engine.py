@@ -559,6 +559,7 @@ class Engine:
         counts["model_rows"] = self.models.forget_users(ws.id, traces)
         for pid in traces:
             self.hot.erase(ws.id, pid)
+            self.updater.docs.forget(ws.id, pid)  # the fold state kept in memory
             if self.redis is not None:
                 counts["bus_entries"] = counts.get("bus_entries", 0) + redis_streams.erase_profile(
                     self.redis, self.settings.redis_namespace, ws.id, pid

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from sartor.profiles import store
 from sartor.profiles.updater import ProfileUpdater
 
 log = logging.getLogger("sartor.bus")
@@ -104,6 +105,7 @@ class RedisStreamWorker:
         self.count = count
         self.stop = threading.Event()
         self.processed = 0
+        self._settled: int | None = None  # the log head at the previous replay
 
     def ensure_group(self) -> None:
         try:
@@ -113,14 +115,20 @@ class RedisStreamWorker:
                 raise
 
     def replay(self) -> None:
-        """One worker at a time walks the log past the checkpoint."""
+        """One worker at a time walks the log past the checkpoint: all of it at start, then
+        up to the head seen at the previous replay. Newer events are still on their way
+        through the stream; folding them here too would only hold up this worker's share of
+        the stream (and a lost notification is still found one period later)."""
         lock_ms = int(max(self.reconcile_seconds * 4, 30) * 1000)
+        with self.updater.db.connect() as conn:
+            head = store.head(conn)
         if self.r.set(self.replay_lock, self.name, nx=True, px=lock_ms):
             try:
-                self.updater.replay()
+                self.updater.replay(upto=self._settled)
             finally:
                 if self.r.get(self.replay_lock) == self.name.encode():
                     self.r.delete(self.replay_lock)
+        self._settled = head
 
     def _handle(self, entries: list[tuple[Any, dict[bytes, bytes]]]) -> None:
         if not entries:

@@ -18,7 +18,7 @@ Floats are the only place order shows: sums may differ in the last bits.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,10 +163,33 @@ def _recent_key(item: Mapping[str, Any]) -> tuple[int, str, str]:
 def _merge_recent(
     a: list[dict[str, Any]], b: list[dict[str, Any]], limit: int
 ) -> list[dict[str, Any]]:
-    seen: dict[tuple[int, str, str], dict[str, Any]] = {}
-    for item in a + b:
-        seen.setdefault(_recent_key(item), item)
-    return sorted(seen.values(), key=_recent_key, reverse=True)[:limit]
+    """The newest ``limit`` of both, newest first, each key once (``a``'s item wins).
+
+    ``a`` is a profile's list (newest first, keys unique): one event's few items are put
+    in place by binary search instead of sorting the whole list again."""
+    if len(b) > 8:
+        seen: dict[tuple[int, str, str], dict[str, Any]] = {}
+        for item in a + b:
+            seen.setdefault(_recent_key(item), item)
+        return sorted(seen.values(), key=_recent_key, reverse=True)[:limit]
+    out = list(a)
+    added: set[tuple[int, str, str]] = set()
+    for item in b:
+        key = _recent_key(item)
+        if key in added:
+            continue  # the first of b's items with a key wins
+        lo, hi = 0, len(out)
+        while lo < hi:  # the first position whose key is not above this one
+            mid = (lo + hi) // 2
+            if _recent_key(out[mid]) > key:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo < len(out) and _recent_key(out[lo]) == key:
+            continue  # already kept
+        out.insert(lo, item)
+        added.add(key)
+    return out[:limit]
 
 
 # -- the fold ------------------------------------------------------------------------------
@@ -431,69 +454,105 @@ def price_median(hist: Mapping[str, int]) -> float | None:
     return None
 
 
+def _shares(doc: Doc, scores: Mapping[str, float], now: int, config: ProfileConfig) -> Any:
+    if not scores or doc["affinity_at"] is None:
+        return {}
+    factor = 2.0 ** (-max(0, now - doc["affinity_at"]) / config.half_life_ms)
+    total = sum(scores.values())
+    ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+    return {k: round(v / total, 6) for k, v in ranked if v * factor > 0} if total else {}
+
+
+def _sensitivity(doc: Doc, category_medians: Mapping[str, float] | None) -> float | None:
+    if not category_medians:
+        return None
+    ratios = [
+        (s / n) / category_medians[c] * n
+        for c, (s, n) in doc["category_prices"].items()
+        if n and category_medians.get(c)
+    ]
+    weight = sum(n for c, (_, n) in doc["category_prices"].items() if category_medians.get(c))
+    return round(sum(ratios) / weight, 4) if weight else None
+
+
+def _abandoned(doc: Doc, now: int, config: ProfileConfig) -> bool:
+    return (
+        doc["last_cart_add_at"] is not None
+        and (doc["last_order_at"] is None or doc["last_order_at"] < doc["last_cart_add_at"])
+        and now - doc["last_cart_add_at"] >= config.abandoned_cart_ms
+    )
+
+
+_Field = Callable[[Doc, int, ProfileConfig, Mapping[str, float] | None], Any]
+
+# The fields of the view, in the order the API shows them; each computed on its own, so a
+# reader that looks at a few (a segment rule) does not pay for the others.
+_FIELDS: dict[str, _Field] = {
+    "first_seen": lambda d, now, c, m: d["first_seen"],
+    "last_seen": lambda d, now, c, m: d["last_seen"],
+    "events": lambda d, now, c, m: d["events"],
+    "counts": lambda d, now, c, m: d["counts"],
+    "sessions": lambda d, now, c, m: len(d["sessions"]) + d["sessions_dropped"],
+    "avg_session_depth": lambda d, now, c, m: (
+        round(sum(s[2] for s in d["sessions"]) / len(d["sessions"]), 3) if d["sessions"] else 0
+    ),
+    "product_views": lambda d, now, c, m: d["product_views"],
+    "cart_adds": lambda d, now, c, m: d["cart_adds"],
+    "checkouts": lambda d, now, c, m: d["checkouts"],
+    "orders": lambda d, now, c, m: d["orders"],
+    "revenue": lambda d, now, c, m: round(d["revenue"], 2),
+    "average_order_value": lambda d, now, c, m: (
+        round(d["revenue"] / d["orders"], 2) if d["orders"] else None
+    ),
+    "last_order_at": lambda d, now, c, m: d["last_order_at"],
+    "refunds": lambda d, now, c, m: d["refunds"],
+    "category_affinity": lambda d, now, c, m: _shares(d, d["category_affinity"], now, c),
+    "brand_affinity": lambda d, now, c, m: _shares(d, d["brand_affinity"], now, c),
+    "price_median": lambda d, now, c, m: price_median(d["price_hist"]),
+    "price_sensitivity": lambda d, now, c, m: _sensitivity(d, m),
+    "recent_items": lambda d, now, c, m: [
+        {k: v for k, v in item.items() if k != "mid"} for item in d["recent_items"]
+    ],
+    "intent": lambda d, now, c, m: {
+        "abandoned_cart": _abandoned(d, now, c),
+        "last_cart_add_at": d["last_cart_add_at"],
+    },
+    "rfm": lambda d, now, c, m: {
+        "recency_days": round((now - d["last_order_at"]) / 86_400_000, 3)
+        if d["last_order_at"] is not None
+        else None,
+        "frequency": d["orders"],
+        "monetary": round(d["revenue"] - d["refunded"], 2),
+        "first_order_at": d["first_order_at"],
+    },
+}
+
+
 def view(
     doc: Doc, now: int, config: ProfileConfig, category_medians: Mapping[str, float] | None = None
 ) -> dict[str, Any]:
     """The profile's ``computed`` section as the API shows it, at time ``now``: decayed
     affinities as shares, medians, session stats, intent signals and RFM inputs."""
+    return {key: field(doc, now, config, category_medians) for key, field in _FIELDS.items()}
 
-    def shares(scores: Mapping[str, float]) -> dict[str, float]:
-        if not scores or doc["affinity_at"] is None:
-            return {}
-        factor = 2.0 ** (-max(0, now - doc["affinity_at"]) / config.half_life_ms)
-        total = sum(scores.values())
-        ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
-        return {k: round(v / total, 6) for k, v in ranked if v * factor > 0} if total else {}
 
-    sessions = len(doc["sessions"]) + doc["sessions_dropped"]
-    session_events = sum(s[2] for s in doc["sessions"])
-    sensitivity = None
-    if category_medians:
-        ratios = [
-            (s / n) / category_medians[c] * n
-            for c, (s, n) in doc["category_prices"].items()
-            if n and category_medians.get(c)
-        ]
-        weight = sum(n for c, (_, n) in doc["category_prices"].items() if category_medians.get(c))
-        if weight:
-            sensitivity = round(sum(ratios) / weight, 4)
-    abandoned = (
-        doc["last_cart_add_at"] is not None
-        and (doc["last_order_at"] is None or doc["last_order_at"] < doc["last_cart_add_at"])
-        and now - doc["last_cart_add_at"] >= config.abandoned_cart_ms
-    )
-    orders = doc["orders"]
-    return {
-        "first_seen": doc["first_seen"],
-        "last_seen": doc["last_seen"],
-        "events": doc["events"],
-        "counts": doc["counts"],
-        "sessions": sessions,
-        "avg_session_depth": round(session_events / len(doc["sessions"]), 3)
-        if doc["sessions"]
-        else 0,
-        "product_views": doc["product_views"],
-        "cart_adds": doc["cart_adds"],
-        "checkouts": doc["checkouts"],
-        "orders": orders,
-        "revenue": round(doc["revenue"], 2),
-        "average_order_value": round(doc["revenue"] / orders, 2) if orders else None,
-        "last_order_at": doc["last_order_at"],
-        "refunds": doc["refunds"],
-        "category_affinity": shares(doc["category_affinity"]),
-        "brand_affinity": shares(doc["brand_affinity"]),
-        "price_median": price_median(doc["price_hist"]),
-        "price_sensitivity": sensitivity,
-        "recent_items": [
-            {k: v for k, v in item.items() if k != "mid"} for item in doc["recent_items"]
-        ],
-        "intent": {"abandoned_cart": abandoned, "last_cart_add_at": doc["last_cart_add_at"]},
-        "rfm": {
-            "recency_days": round((now - doc["last_order_at"]) / 86_400_000, 3)
-            if doc["last_order_at"] is not None
-            else None,
-            "frequency": orders,
-            "monetary": round(doc["revenue"] - doc["refunded"], 2),
-            "first_order_at": doc["first_order_at"],
-        },
-    }
+class LazyView(Mapping[str, Any]):
+    """:func:`view`, each field computed when first read (segment rules read a few)."""
+
+    def __init__(self, doc: Doc, now: int, config: ProfileConfig) -> None:
+        self._args = (doc, now, config, None)
+        self._done: dict[str, Any] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return self._done[key]
+        except KeyError:
+            field = _FIELDS[key]  # KeyError for an unknown field, as a dict would raise
+            value = self._done[key] = field(*self._args)
+            return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_FIELDS)
+
+    def __len__(self) -> int:
+        return len(_FIELDS)

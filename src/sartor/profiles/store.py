@@ -14,23 +14,56 @@ from sartor.profiles.folds import Doc, empty
 from sartor.storage.sql import chunks, insert_ignore
 from sartor.storage.tables import checkpoints, events, identities, profiles
 
+# Built once: building and hashing a statement on every batch costs more than running it.
+_LOCK = (
+    select(profiles.c.profile_id, profiles.c.last_seq, profiles.c.version, profiles.c.consent)
+    .where(
+        profiles.c.workspace_id == bindparam("ws"),
+        profiles.c.profile_id.in_(bindparam("pids", expanding=True)),
+    )
+    .order_by(profiles.c.profile_id)
+    .with_for_update()
+)
+_FOLD_STATES = select(
+    profiles.c.profile_id, profiles.c.computed, profiles.c.traits, profiles.c.last_seq
+).where(
+    profiles.c.workspace_id == bindparam("ws"),
+    profiles.c.profile_id.in_(bindparam("pids", expanding=True)),
+)
+
+
+_ROWS = select(
+    profiles.c.profile_id, profiles.c.last_seq, profiles.c.version, profiles.c.consent
+).where(
+    profiles.c.workspace_id == bindparam("ws"),
+    profiles.c.profile_id.in_(bindparam("pids", expanding=True)),
+)
+
+
+def profile_rows(conn: Connection, workspace_id: str, pids: Sequence[str]) -> dict[str, Any]:
+    """As :func:`lock_profiles`, without locking (to fold before taking the lock)."""
+    rows = conn.execute(_ROWS, {"ws": workspace_id, "pids": list(pids)})
+    return {row.profile_id: row for row in rows}
+
 
 def lock_profiles(conn: Connection, workspace_id: str, pids: Sequence[str]) -> dict[str, Any]:
-    """The profile rows, locked for update on PostgreSQL (SQLite's write transaction is
-    already exclusive). Sorted ids keep two workers from deadlocking."""
-    query = (
-        select(
-            profiles.c.profile_id,
-            profiles.c.computed,
-            profiles.c.traits,
-            profiles.c.last_seq,
-            profiles.c.version,
-        )
-        .where(profiles.c.workspace_id == workspace_id, profiles.c.profile_id.in_(sorted(pids)))
-        .order_by(profiles.c.profile_id)
-        .with_for_update()
-    )
-    return {row.profile_id: row for row in conn.execute(query)}
+    """The profile rows' watermark, version and consent, locked for update on PostgreSQL
+    (SQLite's write transaction is already exclusive). Sorted ids keep two workers from
+    deadlocking. The fold state is read apart (:func:`fold_states`): the updater often has
+    it in memory already, and decoding it is the costly part of the row."""
+    rows = conn.execute(_LOCK, {"ws": workspace_id, "pids": sorted(pids)})
+    return {row.profile_id: row for row in rows}
+
+
+def fold_states(
+    conn: Connection, workspace_id: str, pids: Sequence[str]
+) -> dict[str, tuple[Doc, int]]:
+    """The fold state and watermark of profiles (see :func:`doc_of`)."""
+    out: dict[str, tuple[Doc, int]] = {}
+    for part in chunks(list(pids)):
+        rows = conn.execute(_FOLD_STATES, {"ws": workspace_id, "pids": part})
+        out.update((row.profile_id, doc_of(row)) for row in rows)
+    return out
 
 
 def doc_of(row: Any | None) -> tuple[Doc, int]:
@@ -52,12 +85,15 @@ _EVENT_COLUMNS = (
     events.c.profile_id,
     events.c.payload,
 )
+EVENT_FIELDS = tuple(column.name for column in _EVENT_COLUMNS)  # the rows' fields, in order
 
 
 def events_after_each(
-    conn: Connection, workspace_id: str, watermarks: Mapping[str, int]
+    conn: Connection, workspace_id: str, watermarks: Mapping[str, int], stream: bool = True
 ) -> Iterator[Any]:
-    """Each profile's events past its own watermark, in log order, streamed.
+    """Each profile's events past its own watermark, in log order, streamed (or, with
+    ``stream=False``, fetched at once: on PostgreSQL a server-side cursor costs three round
+    trips, which a live batch of a few events does not need).
 
     Unlike one query from the lowest watermark, a profile new to the batch (or far
     behind) does not drag in every other profile's older events: those rows would be read,
@@ -68,24 +104,21 @@ def events_after_each(
     params: dict[str, Any] = {"ws": workspace_id}
     for i, (pid, after) in enumerate(watermarks.items()):
         params[f"p{i}"], params[f"a{i}"] = pid, int(after)
-    query = _events_after_each_query(len(watermarks))
+    query = _events_after_each_query(len(watermarks), stream)
     yield from conn.execute(query, params)
 
 
-@functools.lru_cache(maxsize=64)
-def _events_after_each_query(n: int) -> Executable:
+@functools.lru_cache(maxsize=128)
+def _events_after_each_query(n: int, stream: bool) -> Executable:
     """The statement for ``n`` profiles (parsing 2n bind parameters is not free)."""
     rows = ", ".join(f"(:p{i}, :a{i})" for i in range(n))
-    return (
-        text(
-            f"WITH w(pid, after) AS (VALUES {rows}) "
-            "SELECT e.seq, e.message_id, e.type, e.event, e.timestamp, e.received_at, "
-            "e.profile_id, e.payload FROM w JOIN events e ON e.workspace_id = :ws "
-            "AND e.profile_id = w.pid AND e.seq > w.after ORDER BY e.seq"
-        )
-        .columns(*_EVENT_COLUMNS)
-        .execution_options(yield_per=2000)
-    )
+    query = text(
+        f"WITH w(pid, after) AS (VALUES {rows}) "
+        "SELECT e.seq, e.message_id, e.type, e.event, e.timestamp, e.received_at, "
+        "e.profile_id, e.payload FROM w JOIN events e ON e.workspace_id = :ws "
+        "AND e.profile_id = w.pid AND e.seq > w.after ORDER BY e.seq"
+    ).columns(*_EVENT_COLUMNS)
+    return query.execution_options(yield_per=2000) if stream else query
 
 
 _SAVE_MANY = (

@@ -58,6 +58,18 @@ class EventCondition:
     since: int | None
     until: int | None
 
+    def decide(self, known: tuple[int, int] | None) -> bool | None:
+        """Whether a count within ``known`` (least, most) meets the condition, when every
+        count in that range gives the same answer; None when it takes counting."""
+        if known is None:
+            return None
+        least, most = known
+        if most < self.min_count or (self.max_count is not None and least > self.max_count):
+            return False
+        if least >= self.min_count and (self.max_count is None or most <= self.max_count):
+            return True
+        return None
+
     def matches(self, props: Mapping[str, Any]) -> bool:
         return all(
             _compare(op, lookup(props, path), value)
@@ -73,6 +85,9 @@ class Context:
     now: int
     memberships: frozenset[str] = frozenset()
     count_events: Callable[[EventCondition], int] | None = None
+    # Bounds ``(least, most)`` of a condition's count known without counting (from the
+    # folded profile), or None: most people are decided without a query.
+    event_range: Callable[[EventCondition], tuple[int, int] | None] | None = None
     _counts: dict[EventCondition, int] = field(default_factory=dict)
 
     def events(self, cond: EventCondition) -> int:
@@ -87,8 +102,12 @@ Predicate = Callable[[Mapping[str, Any], Context], bool]
 
 
 def lookup(doc: Mapping[str, Any], path: str) -> Any:
+    return _walk(doc, path.split("."))
+
+
+def _walk(doc: Mapping[str, Any], parts: tuple[str, ...] | list[str]) -> Any:
     cur: Any = doc
-    for part in path.split("."):
+    for part in parts:
         if isinstance(cur, Mapping) and part in cur:
             cur = cur[part]
         else:
@@ -137,7 +156,7 @@ def _compare(op: str, actual: Any, expected: Any) -> bool:
     if op == "contains":
         if isinstance(actual, str):
             return isinstance(expected, str) and expected in actual
-        if isinstance(actual, list | dict):
+        if isinstance(actual, list | Mapping):
             return expected in actual
         return False
     if op == "starts_with":
@@ -243,18 +262,28 @@ class Compiler:
             return lambda p, c: not sub(p, c)
         if "property" in node:
             prop, op, value = _property(node, path)
+            parts = tuple(prop.split("."))  # split once, not on every evaluation
             if op in TIME_OPS:
                 self.time_based = True
-                return lambda p, c: _time_compare(op, lookup(p, prop), value, c.now)
+                return lambda p, c: _time_compare(op, _walk(p, parts), value, c.now)
             if prop.startswith("computed.rfm.recency") or prop.startswith("computed.intent"):
                 self.time_based = True
-            return lambda p, c: _compare(op, lookup(p, prop), value)
+            return lambda p, c: _compare(op, _walk(p, parts), value)
         if "event" in node:
             cond = self._event(node, path)
             self.needs_events = True
             self.time_based = self.time_based or cond.within_days is not None
             lo, hi = cond.min_count, cond.max_count
-            return lambda p, c: lo <= c.events(cond) and (hi is None or c.events(cond) <= hi)
+
+            def counted(p: Mapping[str, Any], c: Context) -> bool:
+                known = c.event_range(cond) if c.event_range is not None else None
+                decided = cond.decide(known)
+                if decided is not None:
+                    return decided
+                n = c.events(cond)
+                return lo <= n and (hi is None or n <= hi)
+
+            return counted
         for kind, prefix in (("segment", ""), ("rfm", "rfm:"), ("cluster", "cluster:")):
             if kind in node:
                 name = node[kind]

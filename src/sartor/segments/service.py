@@ -12,15 +12,16 @@ import hashlib
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-from sqlalchemy import Connection, delete, func, select, update
+from sqlalchemy import Connection, bindparam, delete, func, select, update
 
 from sartor.clock import now_ms
 from sartor.collect.errors import FieldError
+from sartor.collect.ingest import store_events
 from sartor.profiles import folds
 from sartor.profiles import store as profile_store
 from sartor.segments.rfm import GROUPS, RFM
@@ -39,8 +40,10 @@ from sartor.storage.tables import (
 )
 
 if TYPE_CHECKING:
+    from sartor.collect.prepare import PreparedEvent
     from sartor.engine import Engine
     from sartor.profiles.updater import ProfileChange
+    from sartor.workspace import Workspace
 
 log = logging.getLogger("sartor.segments")
 
@@ -69,6 +72,85 @@ BUILTINS: dict[str, tuple[str, str, dict[str, Any]]] = {
         {"property": "computed.last_seen", "op": "within_days", "value": 30},
     ),
 }
+
+
+# Built once: the real-time path runs them on every fold batch, and building and hashing a
+# statement costs more than running it.
+_STATES = select(
+    profiles.c.profile_id,
+    profiles.c.computed,
+    profiles.c.traits,
+    profiles.c.consent,
+    profiles.c.last_seq,
+).where(
+    profiles.c.workspace_id == bindparam("ws"),
+    profiles.c.profile_id.in_(bindparam("pids", expanding=True)),
+)
+_MEMBERSHIPS = select(memberships.c.segment_key, memberships.c.profile_id).where(
+    memberships.c.workspace_id == bindparam("ws"),
+    memberships.c.profile_id.in_(bindparam("pids", expanding=True)),
+)
+_IDENTITIES = select(identities.c.kind, identities.c.value, identities.c.profile_id).where(
+    identities.c.workspace_id == bindparam("ws"),
+    identities.c.profile_id.in_(bindparam("pids", expanding=True)),
+)
+
+
+_REFRESH_SIZE = (
+    update(segments)
+    .where(segments.c.workspace_id == bindparam("b_ws"), segments.c.key == bindparam("b_key"))
+    .values(
+        size=select(func.count())
+        .where(
+            memberships.c.workspace_id == bindparam("b_ws"),
+            memberships.c.segment_key == bindparam("b_key"),
+        )
+        .scalar_subquery(),
+        evaluated_at=bindparam("b_now"),
+    )
+)
+
+
+# Event types: a track event named like one shares its count with those events.
+_TYPES = frozenset({"track", "page", "screen", "identify", "group", "alias"})
+
+
+def _count_range(
+    states: Mapping[str, tuple[folds.Doc | None, dict[str, Any]]], now: int
+) -> Callable[[str, EventCondition], tuple[int, int] | None]:
+    """Bounds ``(least, most)`` of a condition's count per profile, known without a query.
+
+    The fold counts every stored track event by name, so a folded profile's count of a name
+    bounds every windowed or filtered count of it; and when all the profile's events (or
+    orders, for ``Order Completed``) fall inside the condition's time window, an unfiltered
+    condition counts exactly them. Events stored but not folded yet are left for the fold
+    that follows their notification, which evaluates again. Segment transitions are not
+    folded, and a profile waiting to be folded again has no counts: no bounds for those."""
+
+    def known(pid: str, cond: EventCondition) -> tuple[int, int] | None:
+        doc = states[pid][0] if pid in states else None
+        if doc is None or cond.event in folds.SYSTEM_EVENTS or cond.event in _TYPES:
+            return None
+        most = int(doc["counts"].get(cond.event, 0))
+        if most == 0 or cond.where:
+            return 0, most
+        first, last = (
+            (doc["first_order_at"], doc["last_order_at"])
+            if cond.event == folds.ORDER
+            else (doc["first_seen"], doc["last_seen"])
+        )
+        # The window as the query has it (whole milliseconds).
+        start = None if cond.within_days is None else now - int(cond.within_days * 86_400_000)
+        inside = (
+            first is not None
+            and last is not None
+            and (start is None or first >= start)
+            and (cond.since is None or first >= cond.since)
+            and (cond.until is None or last <= cond.until)
+        )
+        return (most, most) if inside else (0, most)
+
+    return known
 
 
 def check_key(key: str) -> str:
@@ -219,50 +301,64 @@ class Segments:
         self._rules[ws] = (now_ms() + 5_000, rules)
         return rules
 
-    def _profiles_view(
-        self, conn: Connection, ws: str, pids: list[str], now: int
-    ) -> dict[str, dict[str, Any]]:
-        cfg = self.engine.settings.profile_config
-        out: dict[str, dict[str, Any]] = {}
+    def _states(
+        self, conn: Connection, ws: str, pids: list[str]
+    ) -> dict[str, tuple[folds.Doc | None, dict[str, Any]]]:
+        """Each profile's fold state (None while it waits to be folded again after a merge)
+        and consent, read from the database."""
+        out: dict[str, tuple[folds.Doc | None, dict[str, Any]]] = {}
         for part in chunks(pids):
-            rows = conn.execute(
-                select(
-                    profiles.c.profile_id,
-                    profiles.c.computed,
-                    profiles.c.traits,
-                    profiles.c.consent,
-                    profiles.c.last_seq,
-                ).where(profiles.c.workspace_id == ws, profiles.c.profile_id.in_(part))
-            )
+            rows = conn.execute(_STATES, {"ws": ws, "pids": part})
             for row in rows:
-                doc, _ = profile_store.doc_of(row)
-                out[row.profile_id] = {
-                    "profileId": row.profile_id,
-                    "traits": doc["traits"],
-                    "computed": folds.view(doc, now, cfg),
-                    "consent": row.consent or {},
-                }
+                folded = row.last_seq is not None and row.computed is not None
+                doc = profile_store.doc_of(row)[0] if folded else None
+                out[row.profile_id] = (doc, row.consent or {})
         return out
+
+    def _view(
+        self, pid: str, doc: folds.Doc | None, consent: dict[str, Any], now: int
+    ) -> dict[str, Any]:
+        doc = doc if doc is not None else folds.empty()
+        return {
+            "profileId": pid,
+            "traits": doc["traits"],
+            # Fields computed as rules read them: most rules read one or two.
+            "computed": folds.LazyView(doc, now, self.engine.settings.profile_config),
+            "consent": consent,
+        }
 
     def _memberships(self, conn: Connection, ws: str, pids: list[str]) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {p: set() for p in pids}
         for part in chunks(pids):
-            for key, pid in conn.execute(
-                select(memberships.c.segment_key, memberships.c.profile_id).where(
-                    memberships.c.workspace_id == ws, memberships.c.profile_id.in_(part)
-                )
-            ):
+            for key, pid in conn.execute(_MEMBERSHIPS, {"ws": ws, "pids": part}):
                 out.setdefault(pid, set()).add(key)
         return out
 
     def _event_counter(
-        self, conn: Connection, ws: str, pids: list[str], now: int
+        self,
+        conn: Connection,
+        ws: str,
+        pids: list[str],
+        now: int,
+        known: Callable[[str, EventCondition], tuple[int, int] | None] | None = None,
     ) -> Callable[[str, EventCondition], int]:
+        """Counts of a condition's events per profile, one query per condition for the
+        batch. With ``known`` (bounds per profile), only the profiles the bounds cannot
+        decide are counted: the rule asks for no others."""
         cache: dict[EventCondition, dict[str, int]] = {}
+        asked: dict[EventCondition, set[str]] = {}
+
+        def undecided(pid: str, cond: EventCondition) -> bool:
+            return known is None or cond.decide(known(pid, cond)) is None
 
         def count(pid: str, cond: EventCondition) -> int:
             if cond not in cache:
-                cache[cond] = self._count_events(conn, ws, pids, cond, now)
+                some = [p for p in pids if undecided(p, cond)]
+                cache[cond] = self._count_events(conn, ws, some, cond, now)
+                asked[cond] = set(some)
+            if pid not in asked[cond]:  # not expected: counted on its own
+                cache[cond].update(self._count_events(conn, ws, [pid], cond, now))
+                asked[cond].add(pid)
             return cache[cond].get(pid, 0)
 
         return count
@@ -296,23 +392,35 @@ class Segments:
         return counts
 
     def evaluate(
-        self, ws: str, pids: list[str], now: int | None = None, only: set[str] | None = None
+        self,
+        ws: str,
+        pids: list[str],
+        now: int | None = None,
+        only: set[str] | None = None,
+        states: Mapping[str, tuple[folds.Doc | None, dict[str, Any]]] | None = None,
     ) -> list[tuple[str, str, bool]]:
         """Re-evaluate rule segments for profiles and apply the changes; returns
-        ``(segment, profile, entered)`` for each change."""
+        ``(segment, profile, entered)`` for each change. ``states`` are the profiles' fold
+        states and consent when the caller has them (the updater has just folded them)."""
         now = now if now is not None else now_ms()
         rules = [(k, r) for k, r in self._rule_set(ws) if only is None or k in only]
         if not rules or not pids:
             return []
         changes: list[tuple[str, str, bool]] = []
         with self.db.connect() as conn:
-            views = self._profiles_view(conn, ws, pids, now)
-            current = self._memberships(conn, ws, list(views))
-            counter = self._event_counter(conn, ws, list(views), now)
-            for pid, view in views.items():
+            if states is None:
+                states = self._states(conn, ws, pids)
+            present = [p for p in pids if p in states]
+            known = _count_range(states, now)
+            current = self._memberships(conn, ws, present)
+            counter = self._event_counter(conn, ws, present, now, known)
+            for pid in present:
+                doc, consent = states[pid]
+                view = self._view(pid, doc, consent, now)
                 member_of = set(current.get(pid, set()))
                 ctx = Context(now=now, memberships=frozenset(member_of))
                 ctx.count_events = partial(counter, pid)
+                ctx.event_range = partial(known, pid)
                 for key, rule in rules:
                     inside = rule(view, ctx)
                     if inside != (key in member_of):
@@ -325,6 +433,10 @@ class Segments:
     def _apply(self, ws: str, changes: list[tuple[str, str, bool]], now: int) -> None:
         if not changes:
             return
+        # The transitions are logged in the same transaction as the memberships: both or
+        # neither are committed, and the real-time path neither queues behind the
+        # group-commit writer nor waits for a second commit.
+        workspace, prepared = self._transitions(ws, changes, now)
         with write_tx(self.db) as conn:
             execute_many(
                 conn,
@@ -352,23 +464,15 @@ class Segments:
                     )
             for key in {k for k, _, _ in changes}:
                 self._refresh_size(conn, ws, key, now)
-        self._log_transitions(ws, changes, now)
+            secret = self.engine.settings.secret_key
+            outcomes = store_events(conn, workspace, prepared, secret) if prepared else []
+        if prepared:
+            # As after any commit: the bus folds them, stream subscribers see them.
+            self.engine.notify_stored(workspace, prepared, outcomes)
 
-    def _refresh_size(self, conn: Connection, ws: str, key: str, now: int) -> int:
-        size = int(
-            conn.execute(
-                select(func.count()).where(
-                    memberships.c.workspace_id == ws, memberships.c.segment_key == key
-                )
-            ).scalar()
-            or 0
-        )
-        conn.execute(
-            update(segments)
-            .where(segments.c.workspace_id == ws, segments.c.key == key)
-            .values(size=size, evaluated_at=now)
-        )
-        return size
+    def _refresh_size(self, conn: Connection, ws: str, key: str, now: int) -> None:
+        # One statement (the count as a subquery): this runs on every batch with a change.
+        conn.execute(_REFRESH_SIZE, {"b_ws": ws, "b_key": key, "b_now": now})
 
     def record_sizes(self, ws: str, now: int | None = None) -> None:
         """Keep today's size of every segment (one point per segment per day)."""
@@ -389,16 +493,14 @@ class Segments:
                 [{"workspace_id": ws, "segment_key": k, "at": day, "size": n} for k, n in rows],
             )
 
-    def _log_transitions(self, ws: str, changes: list[tuple[str, str, bool]], now: int) -> None:
-        """``Segment Entered`` / ``Segment Exited`` into the log, under the person's id."""
+    def _transitions(
+        self, ws: str, changes: list[tuple[str, str, bool]], now: int
+    ) -> tuple[Workspace, list[PreparedEvent]]:
+        """``Segment Entered`` / ``Segment Exited`` for the log, under the person's id."""
         ids: dict[str, dict[str, str]] = {}
         with self.db.connect() as conn:
             for part in chunks(sorted({p for _, p, _ in changes})):
-                for kind, value, pid in conn.execute(
-                    select(identities.c.kind, identities.c.value, identities.c.profile_id).where(
-                        identities.c.workspace_id == ws, identities.c.profile_id.in_(part)
-                    )
-                ):
+                for kind, value, pid in conn.execute(_IDENTITIES, {"ws": ws, "pids": part}):
                     ids.setdefault(pid, {}).setdefault(kind, value)
         items = []
         for key, pid, entered in changes:
@@ -423,18 +525,28 @@ class Segments:
                     **ident,
                 }
             )
+        workspace = self.engine.workspace(ws)
+        prepared: list[PreparedEvent] = []
         for group in chunks(items, 1000):
-            self.engine.ingest(ws, group)
+            _, ready, errors = self.engine.prepare(workspace, group)
+            for error in errors:
+                log.warning("segment transition not logged: %s", error)
+            prepared.extend(ready)
+        return workspace, prepared
 
     def on_profile_changes(self, changes: list[ProfileChange]) -> None:
         """Real-time membership: re-evaluate the rule segments of the changed profiles."""
-        by_ws: dict[str, list[str]] = {}
+        by_ws: dict[str, list[ProfileChange]] = {}
         for change in changes:
             if change.kind == "profile.updated" and change.events:
-                by_ws.setdefault(change.workspace_id, []).append(change.profile_id)
-        for ws, pids in by_ws.items():
-            if self._rule_set(ws):
-                self.evaluate(ws, pids)
+                by_ws.setdefault(change.workspace_id, []).append(change)
+        for ws, group in by_ws.items():
+            if not self._rule_set(ws):
+                continue
+            states = {c.profile_id: (c.doc, c.consent or {}) for c in group if c.doc is not None}
+            pids = [c.profile_id for c in group]
+            # The updater hands over what it folded; without it, the rows are read.
+            self.evaluate(ws, pids, states=states if len(states) == len(pids) else None)
 
     def backfill(
         self,
@@ -475,12 +587,15 @@ class Segments:
             pids = [pid for _, pid in profile_store.all_profiles(conn, ws)][:limit]
             size, members = 0, list[str]()
             for part in chunks(pids, 2000):
-                views = self._profiles_view(conn, ws, part, now)
+                states = self._states(conn, ws, part)
                 current = self._memberships(conn, ws, part)
-                counter = self._event_counter(conn, ws, part, now)
-                for pid, view in views.items():
+                known = _count_range(states, now)
+                counter = self._event_counter(conn, ws, list(states), now, known)
+                for pid, (doc, consent) in states.items():
+                    view = self._view(pid, doc, consent, now)
                     ctx = Context(now=now, memberships=frozenset(current.get(pid, set())))
                     ctx.count_events = partial(counter, pid)
+                    ctx.event_range = partial(known, pid)
                     if rule(view, ctx):
                         size += 1
                         if len(members) < sample:
