@@ -168,3 +168,20 @@ def test_report_over_http(api: TestClient, shop: Shop) -> None:
     )
     assert wrong.status_code == 400
     assert "recommendations.slots.home.mmr_lambda" in wrong.json()["message"]
+
+
+def test_the_fast_path_keeps_errors_metrics_and_the_route(api: TestClient, shop: Shop) -> None:
+    """GET /v1/recommendations is answered before FastAPI's router (a middleware): same
+    error shape and headers, request metrics under the route's template, the route in
+    OpenAPI; other methods and paths go through the app as before."""
+    missing = api.get("/v1/recommendations")
+    assert missing.status_code == 401 and missing.headers["www-authenticate"]
+    assert missing.json()["success"] is False and missing.json()["error"] == "unauthorized"
+    assert get(api, shop, user="u2", k=3).status_code == 200
+    text = api.get("/metrics").text
+    assert 'route="/v1/recommendations",status="200"' in text
+    assert 'route="/v1/recommendations",status="401"' in text
+    assert "/v1/recommendations" in api.get("/openapi.json").json()["paths"]
+    assert api.post("/v1/recommendations", headers=bearer(shop.keys["read"])).status_code == 405
+    report = get(api, shop, "/v1/recommendations/report")
+    assert report.status_code == 200 and "slots" in report.json()

@@ -573,6 +573,20 @@ def test_content_scores_are_tfidf_cosines() -> None:
     )
 
 
+def test_content_similar_sum_and_history_scores_are_the_cosine_sums() -> None:
+    model = ContentBased().fit(X, item_text=TEXTS)
+    ref = cosine_similarity(TfidfVectorizer(sublinear_tf=True).fit_transform(TEXTS))
+    basket = np.array([3, 11, 11, 20])  # a repeated item counts twice
+    np.testing.assert_allclose(model.similar_sum(basket), ref[basket].sum(axis=0), atol=1e-5)
+    weights = np.array([0.5, 1.0, 2.0, 0.25])
+    vec = TfidfVectorizer(sublinear_tf=True).fit_transform(TEXTS)
+    profile = sp.csr_matrix(weights @ vec[basket].toarray())
+    np.testing.assert_allclose(
+        model.score_history(basket, weights), cosine_similarity(profile, vec)[0], atol=1e-5
+    )
+    assert not model.score_history(np.array([], dtype=np.int64), np.array([])).any()
+
+
 def test_content_builds_text_from_item_fields() -> None:
     fields = [
         {

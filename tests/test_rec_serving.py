@@ -4,18 +4,21 @@ synthetic shop with a planted structure (tests/rec_shop.py), on SQLite and Postg
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from sartor.engine import Engine
 from sartor.experiments.service import in_holdout
 from sartor.profiles.updater import ProfileChange
 from sartor.recommend import attribution
-from sartor.recommend.diversity import level_table, mmr, path_similarity
+from sartor.recommend.diversity import level_table, mmr, path_similarity, similarity_matrix
 from sartor.recommend.filters import (
     Boost,
     CatalogView,
@@ -26,10 +29,11 @@ from sartor.recommend.filters import (
     under,
 )
 from sartor.recommend.interactions import user_history
-from sartor.recommend.serving import UnknownItem, UnknownSlot
+from sartor.recommend.lookups import MAX_HELD
+from sartor.recommend.serving import UnknownItem, UnknownSlot, _best_rows, _RecommendationIds
 from sartor.recommend.slots import DEFAULT_SLOTS, payload_overrides, validate_settings
 from sartor.storage.tables import recommendation_outcomes, recommendations
-from tests.rec_shop import Shop, catalog_items, group_of, shop, shop_events
+from tests.rec_shop import Shop, build_shop, catalog_items, group_of, shop, shop_events
 
 __all__ = ["shop"]  # the fixture
 SAMPLE = [f"u{n}" for n in range(18)]  # three users of each group; u0, u3, ... bought
@@ -547,6 +551,45 @@ def test_cache_is_keyed_by_history_and_dropped_on_profile_change(shop: Shop) -> 
     assert eng.recs.cache_hits == hits + 2
 
 
+def test_a_cached_list_lives_until_a_seen_item_leaves_its_window(shop: Shop) -> None:
+    """A slot that leaves out items seen in the last N days caches a list only until the
+    first of them ages out: then the list may change."""
+    eng = shop.engine
+    with_slots(
+        shop,
+        {"fresh": {"kind": "personal", "models": {"itemknn": 1}, "exclude_seen_days": 1}},
+    )
+    try:
+        ws = shop.ws
+        day = 86_400_000
+        now = int(time.time() * 1000)
+        eng.track(
+            ws,
+            "Product Viewed",
+            user_id="window-1",
+            properties={"product_id": "g2-i1"},
+            timestamp=now - day + 1500,
+        )
+        eng.track(
+            ws,
+            "Product Viewed",
+            user_id="window-1",
+            properties={"product_id": "g2-i2"},
+            timestamp=now - 3 * day,  # outside the window: no bound on the cache
+        )
+        first = recs(shop, user="window-1", slot="fresh", k=25)
+        assert "g2-i1" not in ids(first) and first["strategy"] == "personal"
+        hits = eng.recs.cache_hits
+        recs(shop, user="window-1", slot="fresh", k=25)
+        assert eng.recs.cache_hits == hits + 1
+        time.sleep(1.6)  # g2-i1 is now more than a day old
+        again = recs(shop, user="window-1", slot="fresh", k=25)
+        assert eng.recs.cache_hits == hits + 1  # computed anew
+        assert "g2-i1" in ids(again)  # a neighbour of g2-i2, no longer left out
+    finally:
+        with_slots(shop, {})
+
+
 def test_ann_candidates_agree_with_the_exact_ones(shop: Shop) -> None:
     eng = shop.engine
     exact = {u: ids(recs(shop, user=u)) for u in SAMPLE[:6]}
@@ -780,3 +823,124 @@ def test_serving_shortcuts_equal_the_models_own_scores(shop: Shop) -> None:
         ), slot
         expected = np.asarray(model.similar_scores(rows[:3]), dtype=np.float64).sum(axis=0)
         assert service._similar_sum(model, rows[:3]) == pytest.approx(expected, abs=1e-5), slot
+
+
+# -- the fast paths hold the exact answers ----------------------------------------------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    values=st.lists(
+        st.sampled_from([0.0, 0.0, 0.1, 0.5, 0.5, 1.0, 2.0, 3.5]), min_size=0, max_size=900
+    ),
+    count=st.integers(min_value=1, max_value=60),
+)
+def test_best_rows_are_the_largest_positive_values(values: list[float], count: int) -> None:
+    scores = np.asarray(values)
+    got = _best_rows(scores, count)
+    positive = int((scores > 0).sum())
+    assert len(got) == min(count, positive) and len(set(got.tolist())) == len(got)
+    assert (scores[got] > 0).all()
+    if len(got):
+        # Every row left out is no better than the worst one taken (ties at the cut may go
+        # either way).
+        left = np.setdiff1d(np.flatnonzero(scores > 0), got)
+        assert not len(left) or scores[left].max() <= scores[got].min()
+
+
+def _mmr_reference(scores: np.ndarray, paths: list[str | None], k: int, lam: float) -> list[int]:
+    """MMR written out from its definition, one candidate at a time."""
+    n = len(scores)
+    lo, hi = scores.min(), scores.max()
+    rel = (scores - lo) / (hi - lo) if hi > lo else np.ones(n)
+    order = sorted(range(n), key=lambda i: (-scores[i], i))
+    picked: list[int] = []
+    while len(picked) < min(k, n):
+        best, best_value = -1, -np.inf
+        for i in order:
+            if i in picked:
+                continue
+            penalty = max((path_similarity(paths[i], paths[p]) for p in picked), default=0.0)
+            value = lam * rel[i] - (1 - lam) * penalty
+            if value > best_value:
+                best, best_value = i, value
+        picked.append(best)
+    return picked
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    scores=st.lists(st.integers(0, 6), min_size=1, max_size=40),
+    seed=st.integers(0, 10_000),
+    k=st.integers(1, 12),
+    lam=st.sampled_from([0.0, 0.3, 0.5, 0.7, 0.9]),
+)
+def test_mmr_follows_its_definition_with_and_without_a_table(
+    scores: list[int], seed: int, k: int, lam: float
+) -> None:
+    cats = ["a > x", "a > y", "b", "a > x > z", "c > d"]
+    levels, depth = level_table(cats)
+    table = similarity_matrix(levels, depth)
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(-1, len(cats), len(scores))
+    values = np.asarray(scores, dtype=np.float64) / 2
+    paths = [cats[c] if c >= 0 else None for c in codes]
+    expected = _mmr_reference(values, paths, k, lam)
+    assert mmr(values, codes, levels, depth, k, lam).tolist() == expected
+    assert mmr(values, codes, levels, depth, k, lam, table).tolist() == expected
+
+
+def test_served_ids_are_distinct_and_shaped_like_uuids() -> None:
+    ids = _RecommendationIds()
+    drawn = [ids.next() for _ in range(3 * _RecommendationIds.BATCH)]
+    assert len(set(drawn)) == len(drawn)
+    assert all(len(i) == 34 and i.startswith("r_") and int(i[2:], 16) >= 0 for i in drawn)
+
+
+def test_reads_beyond_the_kept_connections_use_the_pool(shop: Shop) -> None:
+    eng, ws = shop.engine, shop.ws
+    lookups = eng.recs.lookups
+    eng.track(ws, "Product Viewed", user_id="threads-1", properties={"product_id": "g3-i1"})
+    results: list[list[str]] = []
+
+    def ask() -> None:
+        results.append(ids(eng.recs.recommend(ws, user="threads-1", k=5)))
+
+    threads = [threading.Thread(target=ask) for _ in range(MAX_HELD + 4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == MAX_HELD + 4 and all(r == results[0] for r in results)
+    assert len(lookups._held) <= MAX_HELD
+    # A kept connection sees the next commit at once (no snapshot held between requests).
+    eng.track(ws, "Product Viewed", user_id="threads-1", properties={"product_id": "g5-i2"})
+    assert "g5-i2" not in ids(eng.recs.recommend(ws, user="threads-1", k=5))
+    assert [group_of(i) for i in ids(eng.recs.recommend(ws, user="threads-1"))].count(5) >= 3
+
+
+def test_explanations_through_a_model_on_another_vocabulary(shop: Shop) -> None:
+    """A model retrained alone on a newer item set is mapped onto the others: its lists and
+    their reasons still name the right items."""
+    other = build_shop(shop.engine, "vocab")
+    eng, ws = other.engine, other.ws
+    eng.catalog.upsert(ws.id, [{"id": "g1-new", "title": "New gizmo", "category": "Cat1 > Sub1"}])
+    eng.track(ws, "Product Viewed", user_id="u1", properties={"product_id": "g1-new"})
+    eng.train(ws, ["itemknn"])  # the largest vocabulary: the others are mapped onto it
+    with_slots(other, {"linear": {"kind": "personal", "models": {"ease": 1}}})
+    ws = other.ws
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        eng.recs.recommend(ws, user="u1", slot="linear")
+        space = eng.recs._space(ws.id)
+        if space is not None and space.models["ease"].from_space is not None:
+            break
+        time.sleep(0.05)
+    model = space.models["ease"]
+    assert model.from_space is not None and model.to_space is not None
+    assert (model.from_space[model.to_space] == np.arange(len(model.to_space))).all()
+    out = recs(other, user="u1", slot="linear")
+    assert out["strategy"] == "personal" and all(group_of(i) == 1 for i in ids(out))
+    viewed = viewed_by("u1")
+    assert all(i["reasonItem"] in viewed for i in out["items"]), out["items"]
+    assert all(i["reason"].startswith("because you") for i in out["items"])

@@ -28,7 +28,11 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 
 
 def key_from_header(request: Request) -> str | None:
-    header = request.headers.get("authorization")
+    return key_from_authorization(request.headers.get("authorization"))
+
+
+def key_from_authorization(header: str | None) -> str | None:
+    """The API key in an ``Authorization`` header value (Bearer or Basic), if any."""
     if not header:
         return None
     scheme, _, value = header.partition(" ")

@@ -39,6 +39,12 @@ def _error_body(code: str, message: str, errors: list[dict[str, Any]]) -> dict[s
     return {"success": False, "error": code, "message": message, "errors": errors}
 
 
+def api_error_response(exc: ApiError) -> Response:
+    """The response for an :class:`ApiError` (also for handlers that answer outside the
+    exception handlers, such as the recommendations fast path)."""
+    return json_response(_error_body(exc.code, exc.message, exc.errors), exc.status, exc.headers)
+
+
 def from_payload_error(exc: PayloadError) -> ApiError:
     return ApiError(
         exc.status,
@@ -56,9 +62,7 @@ def from_field_error(exc: FieldError) -> ApiError:
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> Response:
-        return json_response(
-            _error_body(exc.code, exc.message, exc.errors), exc.status, exc.headers
-        )
+        return api_error_response(exc)
 
     @app.exception_handler(PayloadError)
     async def _payload_error(_: Request, exc: PayloadError) -> Response:

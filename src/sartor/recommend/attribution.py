@@ -123,7 +123,10 @@ def outcome_of(
 class AttributionWriter:
     """Background, batched writes of served lists and their outcomes."""
 
-    def __init__(self, db: Engine, interval: float = 0.2, batch: int = 2000) -> None:
+    # A second between writes: at hundreds of lists a second, a SQLite insert costs a third
+    # as much per row in batches of hundreds as in batches of tens (and it competes with the
+    # requests for the interpreter). flush() does not wait for it.
+    def __init__(self, db: Engine, interval: float = 1.0, batch: int = 2000) -> None:
         self.db = db
         self.interval = interval
         self.batch = batch

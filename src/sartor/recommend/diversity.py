@@ -55,17 +55,21 @@ def mmr(
     depth: np.ndarray,
     k: int,
     lam: float,
+    table: np.ndarray | None = None,
 ) -> np.ndarray:
     """Positions (into ``scores``) of ``k`` candidates in MMR order.
 
     ``scores`` are the candidates' relevance (any scale: rescaled to [0, 1] here); ``codes``
     index each candidate's category into ``levels``/``depth`` from :func:`level_table`
-    (-1: no category, the table's last row).
+    (-1: no category, the table's last row). ``table``, when given, is
+    ``similarity_matrix(levels, depth)`` computed beforehand (a catalog's categories
+    change rarely; its rows are looked up instead of compared per request).
     """
     n = len(scores)
     k = min(k, n)
     if k <= 0:
         return np.zeros(0, dtype=np.int64)
+    scores = np.asarray(scores, dtype=np.float64)  # one type throughout: no casts per step
     order = np.lexsort((np.arange(n), -scores))
     if lam >= 1.0 or n == 1:
         return order[:k]
@@ -73,26 +77,42 @@ def mmr(
     rel = (scores - lo) / (hi - lo) if hi > lo else np.ones(n)
     # In rank order from here on: argmax then breaks ties towards the better-ranked one.
     rel = rel[order]
-    rows = np.where(codes[order] < 0, len(depth) - 1, codes[order])
-    # Similarity between the distinct categories present, all at once; then per step one
-    # lookup of the picked item's row.
-    distinct, local = np.unique(rows, return_inverse=True)
-    lv, dp = levels[distinct], depth[distinct]
-    shared = np.logical_and.accumulate(lv[:, None, :] == lv[None, :, :], axis=2).sum(axis=2)
-    # Padding equals padding: never count more levels than the shorter path has.
-    shared = np.minimum(shared, np.minimum.outer(dp, dp))
-    longest = np.maximum.outer(dp, dp)
-    sim = np.divide(shared, longest, out=np.zeros(shared.shape), where=longest > 0)
-    local = local.reshape(-1)
-    penalty = np.zeros(n)
-    value = lam * rel
+    rows = codes[order]
+    rows = np.where(rows < 0, len(depth) - 1, rows)
+    # Similarity between every two candidates at once; then a step is a handful of
+    # operations over the candidates.
+    if table is not None:
+        sim = table.take(rows, axis=0).take(rows, axis=1)
+    else:
+        sim = similarity_matrix(levels[rows], depth[rows])
+    base = lam * rel
+    # A candidate's value once ``p`` is picked is row ``p`` here; its value at a step is the
+    # lowest over the items picked so far (the same as relevance minus the largest
+    # similarity: subtraction is monotone), so a step is one minimum and one argmax.
+    lowered = base - (1.0 - lam) * sim
+    value = base.copy()
     out = np.empty(k, dtype=np.int64)
     for step in range(k):
         best = int(np.argmax(value))
         out[step] = order[best]
-        value[best] = -np.inf
         if step + 1 < k:
-            grown = np.maximum(penalty, sim[local[best]][local])
-            value += (1.0 - lam) * (penalty - grown)
-            penalty = grown
+            np.minimum(value, lowered[best], out=value)
+        value[best] = -np.inf
     return out
+
+
+def similarity_matrix(levels: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    """:func:`path_similarity` between every pair of the paths given as rows of
+    :func:`level_table` (with their depths)."""
+    d = len(depth)
+    shared = np.zeros((d, d), dtype=np.int64)
+    same = np.ones((d, d), dtype=bool)
+    # Level by level (paths are a few levels deep): the common prefix grows while the
+    # codes agree; padding equals padding, so never count more than the shorter path has.
+    for level in range(levels.shape[1]):
+        column = levels[:, level]
+        same &= column[:, None] == column[None, :]
+        shared += same
+    shared = np.minimum(shared, np.minimum.outer(depth, depth))
+    longest = np.maximum.outer(depth, depth)
+    return np.divide(shared, longest, out=np.zeros(shared.shape), where=longest > 0)

@@ -20,6 +20,9 @@ import numpy as np
 PATH_SEP = " > "
 BOOST_FIELDS = ("brand", "category", "tag")
 MAX_BOOST = 100.0
+# Up to this many categories, MMR reads their pairwise similarity from one table (8 MB at
+# most); a catalog with more compares each request's candidates instead.
+MAX_SIMILARITY_CATEGORIES = 1024
 
 
 def category_key(path: Any) -> str | None:
@@ -115,6 +118,7 @@ class CatalogView:
     _brand_index: dict[str, int] = field(default_factory=dict)
     _memo: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
     _levels: tuple[int, np.ndarray, np.ndarray] | None = None
+    _similarity: tuple[int, np.ndarray | None] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
@@ -192,14 +196,37 @@ class CatalogView:
 
     # -- row sets, memoized per catalog state ----------------------------------------------
 
-    def _memoized(self, kind: str, value: str) -> np.ndarray | None:
-        return self._memo.get((kind, value))
+    def _memoized(
+        self, kind: str, value: str
+    ) -> tuple[np.ndarray | None, dict[tuple[str, str], np.ndarray]]:
+        """The memoized row set, and the memo it belongs to: a result computed while a
+        patch replaces the memo goes into the old one, so it can never outlive the patch."""
+        memo = self._memo
+        return memo.get((kind, value)), memo
 
-    def _remember(self, kind: str, value: str, mask: np.ndarray) -> np.ndarray:
-        if len(self._memo) > 256:  # request parameters are open-ended; keep it bounded
-            self._memo = {}
-        self._memo[(kind, value)] = mask
+    @staticmethod
+    def _remember(
+        memo: dict[tuple[str, str], np.ndarray], kind: str, value: str, mask: np.ndarray
+    ) -> np.ndarray:
+        if len(memo) > 256:  # request parameters are open-ended; keep it bounded
+            memo.clear()
+        memo[(kind, value)] = mask
         return mask
+
+    def available(self, require_catalog: bool, in_stock_only: bool) -> np.ndarray:
+        """Bool over rows: in the catalog (when ``require_catalog``) and in stock (when
+        ``in_stock_only``), memoized per catalog state (every request starts from it).
+        Not to be modified."""
+        key = f"{require_catalog:d}{in_stock_only:d}"
+        found, memo = self._memoized("available", key)
+        if found is not None:
+            return found
+        mask = self.present.copy() if require_catalog else np.ones(len(self.ids), dtype=bool)
+        if in_stock_only:
+            # An item missing from the catalog has no stock information: only its absence
+            # (require_catalog) can rule it out.
+            mask &= self.in_stock | ~self.present
+        return self._remember(memo, "available", key, mask)
 
     def category_levels(self) -> tuple[np.ndarray, np.ndarray]:
         """:func:`sartor.recommend.diversity.level_table` of :attr:`categories` (cached
@@ -211,16 +238,32 @@ class CatalogView:
             cached = self._levels = (len(self.categories), *level_table(self.categories))
         return cached[1], cached[2]
 
+    def category_similarity(self) -> np.ndarray | None:
+        """:func:`sartor.recommend.diversity.similarity_matrix` of every pair of
+        :attr:`categories` (plus "none", the last row), cached while no new
+        category appears; None for a catalog with more than
+        :data:`MAX_SIMILARITY_CATEGORIES` (MMR then compares its candidates' paths)."""
+        from sartor.recommend.diversity import similarity_matrix
+
+        count = len(self.categories)
+        cached = self._similarity
+        if cached is None or cached[0] != count:
+            table = None
+            if count <= MAX_SIMILARITY_CATEGORIES:
+                table = similarity_matrix(*self.category_levels())
+            cached = self._similarity = (count, table)
+        return cached[1]
+
     def under_category(self, prefix: str) -> np.ndarray:
         """Bool over rows: the item's category path is ``prefix`` or below it."""
         key = category_key(prefix) or ""
-        found = self._memoized("category", key)
+        found, memo = self._memoized("category", key)
         if found is not None:
             return found
         table = np.zeros(len(self.categories) + 1, dtype=bool)  # last entry: no category
         for code, path in enumerate(self.categories):
             table[code] = under(path, key)
-        return self._remember("category", key, table[self.category_code])
+        return self._remember(memo, "category", key, table[self.category_code])
 
     def with_brand(self, brand: str) -> np.ndarray:
         code = self._brand_index.get(_norm(brand))
@@ -230,7 +273,7 @@ class CatalogView:
 
     def with_tag(self, tag: str) -> np.ndarray:
         wanted = _norm(tag)
-        found = self._memoized("tag", wanted)
+        found, memo = self._memoized("tag", wanted)
         if found is not None:
             return found
         mask = np.fromiter(
@@ -241,12 +284,12 @@ class CatalogView:
             dtype=bool,
             count=len(self.items),
         )
-        return self._remember("tag", wanted, mask)
+        return self._remember(memo, "tag", wanted, mask)
 
     def with_attribute(self, name: str, value: str) -> np.ndarray:
         wanted = _norm(value)
         memo_key = f"{name}\x00{wanted}"
-        found = self._memoized("attribute", memo_key)
+        found, memo = self._memoized("attribute", memo_key)
         if found is not None:
             return found
 
@@ -259,7 +302,7 @@ class CatalogView:
             return got is not None and _norm(got) == wanted
 
         mask = np.fromiter((matches(i) for i in self.items), dtype=bool, count=len(self.items))
-        return self._remember("attribute", memo_key, mask)
+        return self._remember(memo, "attribute", memo_key, mask)
 
     def matching(self, boost: Boost) -> np.ndarray:
         if boost.field == "brand":
@@ -284,11 +327,7 @@ def allowed_rows(
     caller turns it off for a workspace without any catalog (items known from events only).
     """
     n = len(view)
-    mask = view.present.copy() if require_catalog else np.ones(n, dtype=bool)
-    if filters.in_stock_only:
-        # An item missing from the catalog has no stock information: only its absence
-        # (require_catalog) can rule it out.
-        mask &= view.in_stock | ~view.present
+    mask = view.available(require_catalog, filters.in_stock_only).copy()
     rows = np.fromiter(excluded_rows, dtype=np.int64)
     if len(rows):
         mask[rows[(rows >= 0) & (rows < n)]] = False

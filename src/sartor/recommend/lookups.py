@@ -3,14 +3,17 @@
 A request reads who the person is (identity -> profile, consent) and their newest events.
 Through SQLAlchemy each read costs more in statement handling than in the database (the
 tables are indexed for exactly these lookups), so they are written out once per dialect
-and run on a raw pooled connection. The SQL is deliberately the same as the Core queries
+and run on a raw connection: one for all the reads of a request, which on SQLite each
+serving thread keeps (:meth:`Lookups.reading`). The SQL is deliberately the same as the Core queries
 elsewhere: identities by ``(workspace_id, kind, value)``, the primary key; events by the
 ``(workspace_id, profile_id)`` index, newest first. Both dialects run the same tests.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import orjson
@@ -19,6 +22,9 @@ from sqlalchemy import Engine
 from sartor.collect.ingest import ANON, EMAIL, USER
 
 IDENTITY_KINDS = (USER, ANON, EMAIL)
+# Threads that keep a SQLite connection of their own; any more use the pool (a library
+# caller fanning out over a big thread pool must not hold a connection per thread).
+MAX_HELD = 8
 
 
 class IdentityRow(NamedTuple):
@@ -54,6 +60,10 @@ class Lookups:
     def __init__(self, db: Engine) -> None:
         self.db = db
         self.sqlite = db.dialect.name == "sqlite"
+        self._local = threading.local()
+        self._held: list[Any] = []
+        self._held_lock = threading.Lock()
+        self._closed = False
         mark = "?" if self.sqlite else "%s"
         kinds = ", ".join(f"'{k}'" for k in IDENTITY_KINDS)
         self._person = (
@@ -89,24 +99,77 @@ class Lookups:
         )
         self._events_tail = f" ORDER BY seq DESC LIMIT {mark}"
 
-    def _fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    @contextmanager
+    def reading(self) -> Iterator[Reader]:
+        """One connection for a request's reads (a pool checkout and its return cost about
+        as much as a read). On SQLite each thread keeps its own, out of the pool: requests
+        are served on the event loop's thread, and a connection outside a statement holds
+        no snapshot in WAL mode, so it sees every commit."""
+        if self.sqlite:
+            raw = getattr(self._local, "raw", None)
+            if raw is None:
+                raw = self._hold()
+            if raw is not None:
+                yield Reader(self, raw)
+                return
         raw = self.db.raw_connection()
         try:
-            cursor = raw.cursor()
-            try:
-                cursor.execute(sql, tuple(params))
-                return list(cursor.fetchall())
-            finally:
-                cursor.close()
+            yield Reader(self, raw)
         finally:
             raw.close()  # back to the pool (rolled back there)
+
+    def _hold(self) -> Any | None:
+        """A connection of this thread's own, out of the pool (None when enough threads
+        already keep one, or after close)."""
+        with self._held_lock:
+            if self._closed or len(self._held) >= MAX_HELD:
+                return None
+            raw = self.db.raw_connection()
+            raw.detach()  # no longer the pool's: closed by close(), never returned
+            self._held.append(raw)
+        self._local.raw = raw
+        return raw
+
+    def close(self) -> None:
+        """Close the connections the threads kept (SQLite)."""
+        with self._held_lock:
+            self._closed = True
+            held, self._held = self._held, []
+        for raw in held:
+            raw.close()
+
+    def person(self, ws_id: str, value: str) -> list[IdentityRow]:
+        with self.reading() as read:
+            return read.person(ws_id, value)
+
+    def events(
+        self, ws_id: str, profile_id: str, names: Sequence[str], limit: int
+    ) -> list[EventRow]:
+        with self.reading() as read:
+            return read.events(ws_id, profile_id, names, limit)
+
+
+class Reader:
+    """The reads of :class:`Lookups` on one connection."""
+
+    def __init__(self, lookups: Lookups, raw: Any) -> None:
+        self.lookups = lookups
+        self.raw = raw
+
+    def _fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        cursor = self.raw.cursor()
+        try:
+            cursor.execute(sql, tuple(params))
+            return list(cursor.fetchall())
+        finally:
+            cursor.close()
 
     def person(self, ws_id: str, value: str) -> list[IdentityRow]:
         """Every identity of each profile the value (a userId, anonymousId or email hash)
         belongs to; or, for a profile id, that profile's identities."""
-        rows = self._fetch(self._person, (ws_id, value))
+        rows = self._fetch(self.lookups._person, (ws_id, value))
         if not rows and value.startswith("p_"):
-            rows = self._fetch(self._person_by_pid, (ws_id, value))
+            rows = self._fetch(self.lookups._person_by_pid, (ws_id, value))
         return [IdentityRow(r[0], r[1], r[2], r[3], _json(r[4])) for r in rows]
 
     def events(
@@ -115,11 +178,24 @@ class Lookups:
         """The profile's newest track events named ``names``, newest first."""
         if not names:
             return []
-        if self.sqlite:
+        lookups = self.lookups
+        if lookups.sqlite:
             where = "event IN (" + ", ".join("?" * len(names)) + ")"
             params: tuple[Any, ...] = (ws_id, profile_id, *names, limit)
         else:
             where = "event = ANY(%s)"
             params = (ws_id, profile_id, list(names), limit)
-        rows = self._fetch(self._events_head + where + self._events_tail, params)
-        return [EventRow(r[0], r[1], r[2], r[3], r[4], _json(r[5]), _json(r[6])) for r in rows]
+        rows = self._fetch(lookups._events_head + where + lookups._events_tail, params)
+        # Most events have neither products nor a rating: no call for a NULL.
+        return [
+            EventRow(
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                None if r[5] is None else _json(r[5]),
+                None if r[6] is None else _json(r[6]),
+            )
+            for r in rows
+        ]

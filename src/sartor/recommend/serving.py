@@ -29,9 +29,9 @@ filters read, and re-aligned when a model version or the catalog changes.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
-import uuid
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -54,7 +54,7 @@ from sartor.recommend.catalog import item_document
 from sartor.recommend.diversity import mmr
 from sartor.recommend.filters import CatalogView, Filters, allowed_rows, boost_factors
 from sartor.recommend.interactions import REVIEW, event_items, rating_value
-from sartor.recommend.lookups import Lookups
+from sartor.recommend.lookups import Lookups, Reader
 from sartor.recommend.registry import LoadedModel
 from sartor.recommend.slots import SlotConfig, apply_overrides, payload_overrides, workspace_slots
 from sartor.recommend.vocab import Vocabulary
@@ -109,29 +109,37 @@ def history_from_rows(
     bought: set[str] = set()
     last_order = -1
     added: dict[str, int] = {}
-    for r in reversed(rows):  # log order, so the later of two equal times wins
-        ids = event_items(r.event, r.product_id, r.sku, r.products)
+    weight_of = weights.get
+    # Unpacked, with the maxima written out: this loop runs for every event of every
+    # request (the tests hold it equal to the training rules).
+    for _seq, event, timestamp, product_id, sku, products, rating in reversed(rows):
+        ids = event_items(event, product_id, sku, products)
         if not ids:
             continue
-        ts = int(r.timestamp)
-        if r.event == ORDER:
+        ts = int(timestamp)
+        if event == ORDER:
             bought.update(ids)
-            last_order = max(last_order, ts)
-        elif r.event == ADD:
+            if ts > last_order:
+                last_order = ts
+        elif event == ADD:
             for item_id in ids:
-                added[item_id] = max(added.get(item_id, ts), ts)
-        weight = weights.get(r.event)
+                if added.get(item_id, ts) <= ts:
+                    added[item_id] = ts
+        weight = weight_of(event)
         if weight is None:
             continue
-        factor = 0.5 ** (max(0, now - ts) / half_life_ms)
-        rating = rating_value(r.rating) if r.event == REVIEW else None
+        factor = 0.5 ** ((now - ts if now > ts else 0) / half_life_ms)
+        value = rating_value(rating) if event == REVIEW else None
+        implicit_weight = float(weight) * factor
         for item_id in ids:
-            last[item_id] = max(last.get(item_id, ts), ts)
-            if rating is not None:
+            seen = last.get(item_id)
+            if seen is None or seen < ts:
+                last[item_id] = ts
+            if value is not None:
                 if item_id not in rated or rated[item_id][0] <= ts:
-                    rated[item_id] = (ts, rating * factor)
+                    rated[item_id] = (ts, value * factor)
             else:
-                implicit[item_id] = implicit.get(item_id, 0.0) + float(weight) * factor
+                implicit[item_id] = implicit.get(item_id, 0.0) + implicit_weight
     found = []
     for item_id, at in last.items():
         w = rated[item_id][1] if item_id in rated else implicit.get(item_id, 0.0)
@@ -147,6 +155,42 @@ def history_from_rows(
         purchased=bought,
         cart=cart,
     )
+
+
+def _seen_window_left(config: SlotConfig, now: int, *histories: History) -> float | None:
+    """Seconds until the first item left out as "seen in the last N days" leaves that
+    window, when the list may change (None: no such item). A cached list lives no longer."""
+    if not config.exclude_seen_days:
+        return None
+    window = int(config.exclude_seen_days * DAY_MS)
+    since = now - window
+    ends = [at + window for history in histories for at in history.at if at >= since]
+    return (min(ends) - now) / 1000 if ends else None
+
+
+class _RecommendationIds:
+    """Random ids for served lists ("r_" and 32 hex digits, as a uuid4 has), drawn from
+    the operating system 4 KB at a time: one system call per 256 lists, not per list.
+    A forked process draws its own (it must not repeat its parent's buffer)."""
+
+    BYTES = 16
+    BATCH = 256
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._buffer = b""
+        self._at = 0
+        self._pid = os.getpid()
+
+    def next(self) -> str:
+        with self._lock:
+            if self._at >= len(self._buffer) or self._pid != os.getpid():
+                self._buffer = os.urandom(self.BYTES * self.BATCH)
+                self._at = 0
+                self._pid = os.getpid()
+            chunk = self._buffer[self._at : self._at + self.BYTES]
+            self._at += self.BYTES
+        return "r_" + chunk.hex()
 
 
 class UnknownSlot(LookupError):
@@ -201,6 +245,7 @@ class _Model:
     loaded: LoadedModel
     to_space: np.ndarray | None  # model row -> space row (-1: not in the space); None: same
     group: int  # models with equal vocabularies share a group (and their history rows)
+    from_space: np.ndarray | None = None  # space row -> model row (-1: none); None: same
 
     @property
     def slot(self) -> str:
@@ -221,6 +266,8 @@ class _Space:
     catalog_ids: set[str]
     checked_at: float
     version: int = 0  # bumped by every catalog patch (part of the cache key)
+    # Per row: the catalog document and the fields shown for it (see ``_shown``).
+    shown: dict[int, tuple[Any, dict[str, Any]]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __len__(self) -> int:
@@ -228,33 +275,111 @@ class _Space:
 
 
 @dataclass
-class _Scored:
-    """One model's opinion over the space: its scores of the items the filters allow,
-    negatives and filtered items at 0, divided by the best (so each model's best is 1)."""
+class _Allowed:
+    """What a request may show: a bool per space row, and the rows it may not. Those are
+    usually few (the person's history, what is out of stock), so zeroing them in the
+    models' scores is cheaper than a pass over the whole space."""
 
-    slot: str
-    scores: np.ndarray
+    mask: np.ndarray
+    off: np.ndarray
+
+    @classmethod
+    def of(cls, mask: np.ndarray) -> _Allowed:
+        return cls(mask, np.flatnonzero(~mask))
+
+    def zero_others(self, scores: np.ndarray) -> None:
+        """Set the scores of the rows not allowed to 0, in place."""
+        if len(self.off) * 8 < len(scores):
+            scores[self.off] = 0.0
+        else:
+            scores *= self.mask
 
 
-def _scored(slot: str, scores: np.ndarray, mask: np.ndarray) -> _Scored | None:
-    s = np.where(mask, scores, 0.0)  # filtered: never a candidate (and a copy: models may
-    np.maximum(s, 0.0, out=s)  # hand back arrays they keep)
-    best = float(s.max()) if len(s) else 0.0
-    if not best > 0:
-        return None
-    s /= best
-    return _Scored(slot, s)
+@dataclass
+class _Opinions:
+    """The models' opinions over the space, one row of ``scores`` each (in ``slots``
+    order): their scores of the items the filters allow, with negatives and filtered items
+    at 0. Times ``scales`` (1 / each row's best) each model's best is 1, so the
+    ``weights`` alone set its influence."""
+
+    slots: list[str]
+    weights: np.ndarray
+    scores: np.ndarray  # (models, space) float32
+    scales: np.ndarray
+
+    @classmethod
+    def of(
+        cls, raw: Sequence[tuple[str, np.ndarray, float]], allowed: _Allowed
+    ) -> _Opinions | None:
+        """From each model's scores over the space (None when no model has anything to
+        say). One matrix for all of them: clipping, filtering and normalizing are a few
+        operations, not a few per model. In float32 (ranking needs no more), and a copy
+        (models may hand back arrays they keep)."""
+        if not raw:
+            return None
+        scores = np.empty((len(raw), len(allowed.mask)), dtype=np.float32)
+        for i, (_, values, _) in enumerate(raw):
+            np.maximum(values, 0.0, out=scores[i])  # the copy, clipped on the way
+            allowed.zero_others(scores[i])  # filtered: never a candidate
+        if not scores.shape[1]:
+            return None
+        best = scores.max(axis=1)
+        keep = (best > 0).tolist()  # a model with nothing to say (or NaN) is left out
+        if not all(keep):
+            if not any(keep):
+                return None
+            scores, best = scores[np.asarray(keep)], best[np.asarray(keep)]
+        slots = [slot for (slot, _, _), k in zip(raw, keep, strict=True) if k]
+        weights = np.asarray([w for (_, _, w), k in zip(raw, keep, strict=True) if k])
+        return cls(slots, weights, scores, 1.0 / best.astype(np.float64))
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def normalized(self, rows: np.ndarray) -> np.ndarray:
+        """Each model's normalized scores of ``rows``, ``(models, len(rows))``."""
+        return self.scores[:, rows] * self.scales[:, None]
+
+
+SAMPLE_STRIDE = 16
+
+
+def _best_rows(values: np.ndarray, count: int) -> np.ndarray:
+    """Rows of the ``count`` largest positive values (all the positive ones when fewer), in
+    no particular order; which of several equal values at the cut is taken is unspecified.
+
+    A partition of the whole space is the slow part of picking a few rows out of thousands:
+    a value that every ``count`` largest reach is read off an evenly spaced sample first
+    (about twice ``count`` values lie above it), so only the rows reaching it are
+    partitioned; if fewer than ``count`` do, the whole space is."""
+    n = len(values)
+    if n > 8 * count:
+        sample = values[::SAMPLE_STRIDE]
+        rank = len(sample) - (2 * count // SAMPLE_STRIDE + 1)
+        if rank > 0:
+            threshold = np.partition(sample, rank)[rank]
+            if threshold > 0:
+                rows = np.flatnonzero(values >= threshold)
+                if len(rows) >= count:
+                    return _partition_rows(values, rows, count)
+    return _partition_rows(values, np.flatnonzero(values > 0), count)
+
+
+def _partition_rows(values: np.ndarray, rows: np.ndarray, count: int) -> np.ndarray:
+    """The ``count`` of ``rows`` with the largest values (all of them when fewer)."""
+    if len(rows) <= count:
+        return rows
+    cut = len(rows) - count
+    # Not negated: a partition from below needs no copy of the values.
+    return rows[np.argpartition(values[rows], cut)[cut:]]
 
 
 def _top(scores: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows and scores of the ``c`` best positive entries, best first (ties: lower row)."""
-    positive = np.flatnonzero(scores > 0)
-    if len(positive) > c:
-        part = np.argpartition(-scores[positive], c - 1)[:c]
-        positive = positive[part]
-    sc = scores[positive]
-    order = np.lexsort((positive, -sc))
-    return positive[order], sc[order]
+    rows = _best_rows(scores, c)
+    sc = scores[rows]
+    order = np.lexsort((rows, -sc))
+    return rows[order], sc[order]
 
 
 def _csr_gather(m: Any, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -298,28 +423,6 @@ def _csr_cosine(m: Any, rows: np.ndarray, targets: np.ndarray) -> np.ndarray:
     nb = np.sqrt(np.bincount(tw, weights=tv * tv, minlength=len(targets)))
     denom = np.outer(na, nb)
     return np.divide(dots, denom, out=np.zeros_like(dots), where=denom > 0)
-
-
-def _content_scores(
-    vectors: Any, rows: np.ndarray, weights: np.ndarray, *, cosine: bool = True
-) -> np.ndarray:
-    """Every item's dot product with the weighted sum of the ``rows`` of a CSR matrix of unit
-    item vectors (TF-IDF), as one sparse matrix-vector product over the summed terms.
-
-    ``cosine=True`` divides by the sum's length: ``ContentBased.score_history``;
-    ``cosine=False`` with unit weights is the sum of the rows' cosines with every item,
-    ``similar_scores(rows).sum(axis=0)``. Both without the sparse-times-sparse product and
-    its intermediate matrices (the tests hold them equal to the model's own)."""
-    which, cols, vals = _csr_gather(vectors, rows)
-    profile = np.bincount(cols, weights=vals * weights[which], minlength=vectors.shape[1]).astype(
-        np.float64
-    )
-    if cosine:
-        norm = float(np.sqrt(profile @ profile))
-        if norm == 0.0:
-            return np.zeros(vectors.shape[0])
-        profile /= norm
-    return np.asarray(vectors @ profile, dtype=np.float64)
 
 
 def _pair_similarity(model: Any, hist: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -368,6 +471,8 @@ class RecommendationService:
         self.ann = IndexCache()
         self.catalog_check_seconds = 1.0
         self._spaces: dict[str, _Space] = {}
+        self._space_keys: dict[str, tuple[dict[str, LoadedModel], tuple[Any, ...]]] = {}
+        self._ids = _RecommendationIds()
         self._space_lock = threading.Lock()
         self._swapping: set[str] = set()
         self._slots: dict[str, tuple[Any, dict[str, SlotConfig]]] = {}
@@ -397,6 +502,7 @@ class RecommendationService:
 
     def close(self) -> None:
         self.writer.close()
+        self.lookups.close()
 
     def on_commit(
         self, ws: Workspace, prepared: Sequence[PreparedEvent], outcomes: Sequence[IngestOutcome]
@@ -454,7 +560,13 @@ class RecommendationService:
         if not loaded:
             return None
         # The objects too: erasure rewrites a version's artifacts and the registry reloads it.
-        key = tuple(sorted((slot, m.version, id(m)) for slot, m in loaded.items()))
+        # The registry hands back the same dict until it looks again: keyed once per dict.
+        known = self._space_keys.get(ws_id)
+        if known is not None and known[0] is loaded:
+            key = known[1]
+        else:
+            key = tuple(sorted((slot, m.version, id(m)) for slot, m in loaded.items()))
+            self._space_keys[ws_id] = (loaded, key)
         space = self._spaces.get(ws_id)
         if space is None:
             with self._space_lock:
@@ -503,13 +615,16 @@ class RecommendationService:
                 groups.append((m.items, m.items.to_array()))
                 group = len(groups) - 1
             if group == 0:
-                to_space = None
+                models[slot] = _Model(m, None, group)
             else:
                 to_space = np.asarray(
                     [base.items.row(i) if i in base.items else -1 for i in m.items.ids()],
                     dtype=np.int64,
                 )
-            models[slot] = _Model(m, to_space, group)
+                from_space = np.full(len(base.items), -1, dtype=np.int64)
+                known = to_space >= 0
+                from_space[to_space[known]] = np.flatnonzero(known)
+                models[slot] = _Model(m, to_space, group, from_space)
         stamp = self._catalog_stamp(ws_id)
         catalog = {doc["id"]: doc for doc in self.engine.catalog.iter_all(ws_id)}
         view = CatalogView.build(base.items.ids(), catalog)
@@ -575,8 +690,8 @@ class RecommendationService:
 
     # -- who, and what they did ------------------------------------------------------------
 
-    def _person(self, ws: Workspace, user: str) -> Person:
-        rows = self.lookups.person(ws.id, self.engine._lookup_id(ws, user))
+    def _person(self, read: Reader, ws: Workspace, user: str) -> Person:
+        rows = read.person(ws.id, self.engine._lookup_id(ws, user))
         if not rows:
             # Someone new: the holdout hashes the id given, as /v1/decide does.
             return Person(None, user, {}, False)
@@ -592,8 +707,11 @@ class RecommendationService:
             holdout_id = user_ids[0] if user_ids else (anon_ids[0] if anon_ids else user)
         return Person(pid, holdout_id, dict(best.consent or {}), not user_ids)
 
-    def _history(self, ws_id: str, pid: str, *, now: int) -> History:
-        rows = self.lookups.events(ws_id, pid, self._history_names, HISTORY_EVENTS)
+    def _history(self, ws_id: str, pid: str, *, now: int, read: Reader | None = None) -> History:
+        if read is None:
+            with self.lookups.reading() as own:
+                return self._history(ws_id, pid, now=now, read=own)
+        rows = read.events(ws_id, pid, self._history_names, HISTORY_EVENTS)
         return history_from_rows(
             rows, self.settings.rec_event_weights, self.settings.rec_half_life_days, now
         )
@@ -635,52 +753,59 @@ class RecommendationService:
             raise FieldError("minPrice", "must not be above maxPrice")
         now = now_ms() if now is None else now
 
-        person = self._person(ws, user) if user is not None else Person(None, None, {}, False)
-        if user is None and anonymous_id is not None:
-            person = self._person(ws, anonymous_id)
-            anonymous_id = None
-        personalized_ok = person.pid is not None and allowed(
-            person.consent, "personalization", ws.consent_mode
-        )
-        off_reason: str | None = None
-        if person.pid is not None and not personalized_ok:
-            off_reason = "no_consent"
-
-        experiment: dict[str, Any] | None = None
-        holdout = False
-        if user is not None and self._experiment_on(ws.id, slot):
-            decided = self._decide(ws, user, slot)
-            if decided is not None:
-                holdout = bool(decided.get("holdout"))
-                if decided.get("experiment") and not holdout:
-                    experiment = {"key": decided["experiment"], "variation": decided["variation"]}
-                    config = self._override(config, decided.get("payload"), experiment)
-        elif person.holdout_id is not None and ws.settings.holdout_share > 0:
-            holdout = in_holdout(
-                ws.settings.holdout_share, ws.settings.holdout_seed, person.holdout_id
+        # One connection for all the reads about the person (see Lookups.reading).
+        with self.lookups.reading() as read:
+            person = (
+                self._person(read, ws, user) if user is not None else Person(None, None, {}, False)
             )
-        if holdout:
-            personalized_ok, off_reason = False, "holdout"
+            if user is None and anonymous_id is not None:
+                person = self._person(read, ws, anonymous_id)
+                anonymous_id = None
+            personalized_ok = person.pid is not None and allowed(
+                person.consent, "personalization", ws.consent_mode
+            )
+            off_reason: str | None = None
+            if person.pid is not None and not personalized_ok:
+                off_reason = "no_consent"
 
-        space = self._space(ws.id)
-        if item is not None and not self._item_known(ws.id, space, item):
-            raise UnknownItem(item)
+            experiment: dict[str, Any] | None = None
+            holdout = False
+            if user is not None and self._experiment_on(ws.id, slot):
+                decided = self._decide(ws, user, slot)
+                if decided is not None:
+                    holdout = bool(decided.get("holdout"))
+                    if decided.get("experiment") and not holdout:
+                        experiment = {
+                            "key": decided["experiment"],
+                            "variation": decided["variation"],
+                        }
+                        config = self._override(config, decided.get("payload"), experiment)
+            elif person.holdout_id is not None and ws.settings.holdout_share > 0:
+                holdout = in_holdout(
+                    ws.settings.holdout_share, ws.settings.holdout_seed, person.holdout_id
+                )
+            if holdout:
+                personalized_ok, off_reason = False, "holdout"
 
-        history = History()
-        if personalized_ok and person.pid is not None:
-            history = self._history(ws.id, person.pid, now=now)
-        session = History()
-        # The visitor's anonymous session, unless the person said no or is held out: a new
-        # login (no profile yet) still sees what their session was about.
-        session_ok = not holdout and (person.pid is None or personalized_ok)
-        if session_ok and anonymous_id is not None and not history.items:
-            other = self._person(ws, anonymous_id)
-            if (
-                other.pid is not None
-                and other.pid != person.pid
-                and allowed(other.consent, "personalization", ws.consent_mode)
-            ):
-                session = self._history(ws.id, other.pid, now=now)
+            space = self._space(ws.id)
+            if item is not None and not self._item_known(ws.id, space, item):
+                raise UnknownItem(item)
+
+            history = History()
+            if personalized_ok and person.pid is not None:
+                history = self._history(ws.id, person.pid, now=now, read=read)
+            session = History()
+            # The visitor's anonymous session, unless the person said no or is held out: a new
+            # login (no profile yet) still sees what their session was about.
+            session_ok = not holdout and (person.pid is None or personalized_ok)
+            if session_ok and anonymous_id is not None and not history.items:
+                other = self._person(read, ws, anonymous_id)
+                if (
+                    other.pid is not None
+                    and other.pid != person.pid
+                    and allowed(other.consent, "personalization", ws.consent_mode)
+                ):
+                    session = self._history(ws.id, other.pid, now=now, read=read)
 
         cache_key = (
             ws.id,
@@ -695,7 +820,6 @@ class RecommendationService:
             history.fingerprint(),
             session.fingerprint(),
             None if space is None else (space.key, space.version),
-            now // 60_000 if config.exclude_seen_days else None,
         )
         cached = self._cached(cache_key)
         if cached is None:
@@ -719,10 +843,12 @@ class RecommendationService:
                     body["reason"] = "no_history"
             if experiment is not None:
                 body["experiment"] = experiment
-            self._remember(cache_key, person.pid, body)
+            self._remember(
+                cache_key, person.pid, body, _seen_window_left(config, now, history, session)
+            )
         else:
             body = cached
-        rec_id = "r_" + uuid.uuid4().hex
+        rec_id = self._ids.next()
         response = {"recommendationId": rec_id, "slot": slot, **body}
         self.writer.served(
             {
@@ -826,17 +952,21 @@ class RecommendationService:
         strategy = "none"
         personalized = False
         used: dict[str, int] = {}
-        scored: list[tuple[_Scored, float]] = []
+        scored: _Opinions | None = None
         source: History | None = None
         if basket and any(space.vocab.row(b) is not None for b in basket):
-            scored = self._similar(space, config, basket, mask)
+            allowed = _Allowed.of(mask)
+            scored = _Opinions.of(self._similar(space, config, basket, allowed), allowed)
             strategy = "similar" if config.kind == "similar" else "cart"
-            personalized = False if item is not None else bool(scored)
+            personalized = False if item is not None else scored is not None
         elif config.kind == "personal" or (config.kind == "cart" and not basket):
             for candidate, name in ((history, "personal"), (session, "session")):
                 if candidate.items:
-                    scored = self._personal(space, config, candidate, mask)
-                    if scored:
+                    allowed = _Allowed.of(mask)
+                    scored = _Opinions.of(
+                        self._personal(space, config, candidate, allowed), allowed
+                    )
+                    if scored is not None:
                         source = candidate
                         strategy = name
                         if name == "personal" and person.anonymous_only:
@@ -845,10 +975,10 @@ class RecommendationService:
                         break
 
         chosen: list[tuple[int, float, str, str | None]] = []  # row, score, reason, item
-        if scored:
+        if scored is not None:
             chosen = self._rank(space, config, scored, k, filters, basket, source, history)
-            for s, _ in scored:
-                used[s.slot] = space.models[s.slot].loaded.version
+            for slot_name in scored.slots:
+                used[slot_name] = space.models[slot_name].loaded.version
         if len(chosen) < k:
             # Cold start, or too few candidates: fall back down the chain.
             taken = {c[0] for c in chosen}
@@ -884,55 +1014,70 @@ class RecommendationService:
     def _item(
         self, space: _Space, row: int, score: float, reason: str, about: str | None
     ) -> dict[str, Any]:
-        item_id = space.vocab.id(row)
-        doc = space.view.items[row] or {}
-        attrs = doc.get("attributes") or {}
         out: dict[str, Any] = {
-            "id": item_id,
+            "id": space.vocab.id(row),
             "score": round(float(score), 6),
             "reason": reason,
         }
         if about is not None:
             out["reasonItem"] = about
-        out.update(
-            title=doc.get("title"),
-            category=doc.get("category"),
-            brand=doc.get("brand"),
-            price=doc.get("price"),
-            currency=doc.get("currency"),
-            inStock=doc.get("inStock"),
-        )
+        out.update(self._shown(space, row))
+        return out
+
+    @staticmethod
+    def _shown(space: _Space, row: int) -> dict[str, Any]:
+        """The catalog fields a list shows for an item, built once per catalog document
+        (a patched or rebuilt view holds a new document object, so nothing stale stays)."""
+        doc = space.view.items[row]
+        found = space.shown.get(row)
+        if found is not None and found[0] is doc:
+            return found[1]
+        fields = doc or {}
+        shown = {
+            "title": fields.get("title"),
+            "category": fields.get("category"),
+            "brand": fields.get("brand"),
+            "price": fields.get("price"),
+            "currency": fields.get("currency"),
+            "inStock": fields.get("inStock"),
+        }
+        attrs = fields.get("attributes") or {}
         for key, name in (("url", "url"), ("image_url", "imageUrl")):
             if attrs.get(key):
-                out[name] = attrs[key]
-        return out
+                shown[name] = attrs[key]
+        space.shown[row] = (doc, shown)
+        return shown
 
     # -- candidates -----------------------------------------------------------------------
 
     def _model_rows(
         self, space: _Space, model: _Model, ids: Sequence[str], weights: Sequence[float]
     ) -> tuple[np.ndarray, np.ndarray]:
-        vocab = model.loaded.items
-        rows, kept = [], []
+        rows, kept, _ = self._known_rows(model, ids, weights)
+        return rows, kept
+
+    @staticmethod
+    def _known_rows(
+        model: _Model, ids: Sequence[str], weights: Sequence[float]
+    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """The model's rows of the ids it knows, their weights, and those ids."""
+        row_of = model.loaded.items.row
+        rows, kept, known = [], [], []
         for item_id, w in zip(ids, weights, strict=True):
-            row = vocab.row(item_id)
+            row = row_of(item_id)
             if row is not None:
                 rows.append(row)
                 kept.append(w)
-        return np.asarray(rows, dtype=np.int64), np.asarray(kept, dtype=np.float64)
+                known.append(item_id)
+        return np.asarray(rows, dtype=np.int64), np.asarray(kept, dtype=np.float64), known
 
     def _to_space(self, space: _Space, model: _Model, scores: np.ndarray) -> np.ndarray:
         if model.to_space is None:
-            return np.asarray(scores, dtype=np.float64)
+            return np.asarray(scores)
         out = np.zeros(len(space), dtype=np.float64)
         ok = model.to_space >= 0
         out[model.to_space[ok]] = np.asarray(scores, dtype=np.float64)[ok]
         return out
-
-    def _candidates_dense(
-        self, space: _Space, model: _Model, scores: np.ndarray, mask: np.ndarray
-    ) -> _Scored | None:
-        return _scored(model.slot, self._to_space(space, model, scores), mask)
 
     def _use_ann(self, space: _Space) -> bool:
         return len(space) >= self.settings.rec_ann_threshold
@@ -949,10 +1094,11 @@ class RecommendationService:
         model: _Model,
         index: VectorIndex,
         query: np.ndarray,
-        mask: np.ndarray,
+        allowed: _Allowed,
         c: int,
-    ) -> _Scored | None:
-        """Search, then filter; widen the search while filters leave too few."""
+    ) -> np.ndarray:
+        """Search, then filter; widen the search while filters leave too few. The ``c``
+        best, as scores over the space (0 elsewhere)."""
         want = min(index.n, 2 * c + 32)
         while True:
             rows, sc = index.search(query, want)
@@ -960,14 +1106,14 @@ class RecommendationService:
                 mapped = model.to_space[rows]
                 ok = mapped >= 0
                 rows, sc = mapped[ok], sc[ok]
-            keep = mask[rows] & (sc > 0)
+            keep = allowed.mask[rows] & (sc > 0)
             rows, sc = rows[keep], sc[keep]
             if len(rows) >= c or want >= index.n:
                 break
             want = min(index.n, want * 4)
         dense = np.zeros(len(space))
         dense[rows[:c]] = sc[:c]
-        return _scored(model.slot, dense, mask)
+        return dense
 
     def _ann_query(
         self, space: _Space, model: _Model, rows: np.ndarray, weights: np.ndarray
@@ -991,9 +1137,10 @@ class RecommendationService:
         return None
 
     def _personal(
-        self, space: _Space, config: SlotConfig, history: History, mask: np.ndarray
-    ) -> list[tuple[_Scored, float]]:
-        out: list[tuple[_Scored | None, float]] = []
+        self, space: _Space, config: SlotConfig, history: History, allowed: _Allowed
+    ) -> list[tuple[str, np.ndarray, float]]:
+        """Each model's scores of the history over the space, with its weight."""
+        out: list[tuple[str, np.ndarray, float]] = []
         rows_by_group: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for name, weight in config.models.items():
             model = space.models.get(name)
@@ -1011,26 +1158,23 @@ class RecommendationService:
                 query = self._ann_query(space, model, rows, weights)
                 if query is not None:
                     index, vector = query
-                    out.append(
-                        (
-                            self._candidates_ann(
-                                space, model, index, vector, mask, config.candidates
-                            ),
-                            weight,
-                        )
+                    found = self._candidates_ann(
+                        space, model, index, vector, allowed, config.candidates
                     )
+                    out.append((name, found, weight))
                     continue
                 scores = self._history_scores(m, rows, weights)
             except Exception:  # one broken model must not take the slot down
                 log.exception("model %s could not score a history", name)
                 continue
-            out.append((self._candidates_dense(space, model, scores, mask), weight))
-        return [(s, w) for s, w in out if s is not None]
+            out.append((name, self._to_space(space, model, scores), weight))
+        return out
 
     def _similar(
-        self, space: _Space, config: SlotConfig, basket: Sequence[str], mask: np.ndarray
-    ) -> list[tuple[_Scored, float]]:
-        out: list[tuple[_Scored | None, float]] = []
+        self, space: _Space, config: SlotConfig, basket: Sequence[str], allowed: _Allowed
+    ) -> list[tuple[str, np.ndarray, float]]:
+        """Each model's similarity of every item to the basket, with its weight."""
+        out: list[tuple[str, np.ndarray, float]] = []
         for name, weight in config.models.items():
             model = space.models.get(name)
             if model is None or weight <= 0:
@@ -1046,50 +1190,49 @@ class RecommendationService:
                     if index is not None:
                         unit = normalized(np.asarray(m.item_factors_)[rows])
                         query = unit.sum(axis=0)
-                        out.append(
-                            (
-                                self._candidates_ann(
-                                    space, model, index, query, mask, config.candidates
-                                ),
-                                weight,
-                            )
+                        found = self._candidates_ann(
+                            space, model, index, query, allowed, config.candidates
                         )
+                        out.append((name, found, weight))
                         continue
                 scores = self._similar_sum(m, rows)
             except Exception:
                 log.exception("model %s could not find similar items", name)
                 continue
-            out.append((self._candidates_dense(space, model, scores, mask), weight))
-        return [(s, w) for s, w in out if s is not None]
+            out.append((name, self._to_space(space, model, scores), weight))
+        return out
 
     @staticmethod
     def _history_scores(m: Any, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        """``m.score_history(rows, weights)``, with two shapes of model scored directly
-        (the tests hold both equal to the model's own): ALS as its item factors times the
-        folded-in user vector, one BLAS matrix-vector product (``sartor serve`` runs BLAS
-        on one thread, where this is the fastest form); TF-IDF content vectors through
-        :func:`_content_scores`, without scipy's sparse-times-sparse product."""
+        """``m.score_history(rows, weights)``, with ALS and EASE scored directly (the tests
+        hold them equal to the models' own): ALS's item factors times the folded-in user
+        vector, EASE's history rows of its weights times the history's weights, each one
+        BLAS matrix-vector product, which ``sartor serve`` runs on one thread, where this
+        is the fastest form (the models themselves avoid BLAS for one vector, as a library
+        caller's BLAS may be multi-threaded)."""
         factors = getattr(m, "item_factors_", None)
         if isinstance(factors, np.ndarray) and hasattr(m, "user_vector"):
-            return np.asarray(factors @ m.user_vector(rows, weights), dtype=np.float64)
-        vectors = getattr(m, "item_vectors_", None)
-        if vectors is not None and hasattr(vectors, "indptr"):
-            return _content_scores(vectors, rows, weights)
-        return np.asarray(m.score_history(rows, weights), dtype=np.float64)
+            return np.asarray(factors @ m.user_vector(rows, weights))
+        dense = getattr(m, "weights_", None)
+        if isinstance(dense, np.ndarray) and dense.ndim == 2 and len(rows):
+            # EASE-like: the weighted sum of the history's rows of the item-item weights.
+            return np.asarray(weights.astype(dense.dtype) @ dense[rows])
+        return np.asarray(m.score_history(rows, weights))
 
     def _similar_sum(self, m: Any, rows: np.ndarray) -> np.ndarray:
         """``m.similar_scores(rows).sum(axis=0)``: how similar each item is to the basket.
 
         Item-item models (ItemKNN, EASE) score a history as exactly that sum, so their
         ``score_history`` with unit weights is used (it gathers the rows without scipy's
-        slicing). For unit item vectors (ALS factors, content vectors) the sum of cosines
-        is the dot product with the sum of the unit vectors: one matrix-vector product
-        instead of a ``(rows x items)`` matrix.
+        slicing). For unit item vectors the sum of cosines is the dot product with the sum
+        of the unit vectors: one matrix-vector product instead of a ``(rows x items)``
+        matrix, for ALS factors here (BLAS, as in :meth:`_history_scores`) and by the
+        model itself where it offers ``similar_sum`` (content).
         """
         if getattr(m, "similarity_", None) is not None or isinstance(
             getattr(m, "weights_", None), np.ndarray
         ):
-            return np.asarray(m.score_history(rows, np.ones(len(rows))), dtype=np.float64)
+            return np.asarray(m.score_history(rows, np.ones(len(rows))))
         factors = getattr(m, "item_factors_", None)
         if isinstance(factors, np.ndarray) and factors.ndim == 2:
             norms = self._norms.get(m)
@@ -1101,9 +1244,9 @@ class RecommendationService:
             )
             dots = factors @ unit.sum(axis=0).astype(factors.dtype)
             return np.divide(dots, norms, out=np.zeros(len(norms)), where=norms > 0)
-        vectors = getattr(m, "item_vectors_", None)
-        if vectors is not None and hasattr(vectors, "indptr"):
-            return _content_scores(vectors, rows, np.ones(len(rows)), cosine=False)
+        own = getattr(m, "similar_sum", None)
+        if callable(own):
+            return np.asarray(own(rows))
         sims = np.asarray(m.similar_scores(rows), dtype=np.float64)
         return sims.sum(axis=0) if sims.ndim == 2 else sims
 
@@ -1113,34 +1256,31 @@ class RecommendationService:
         self,
         space: _Space,
         config: SlotConfig,
-        scored: list[tuple[_Scored, float]],
+        scored: _Opinions,
         k: int,
         filters: Filters,
         basket: Sequence[str],
         source: History | None,
         history: History,
     ) -> list[tuple[int, float, str, str | None]]:
-        # Dense over the space: every item any model scored is a candidate. Each model's
-        # scores are already over its own best, so the weights alone set its influence.
+        # Dense over the space: every item any model scored is a candidate.
+        n = len(space)
         if config.combine == "cascade":
             # Each model's items rank below every item of the models before it.
             tiers = len(scored)
-            total = np.zeros(len(space))
-            taken = np.zeros(len(space), dtype=bool)
-            for i, (part, _) in enumerate(scored):
-                free = ~taken & (part.scores > 0)
-                total[free] = (tiers - i - 1) + part.scores[free]
+            total = np.zeros(n)
+            taken = np.zeros(n, dtype=bool)
+            for i, (row, scale) in enumerate(zip(scored.scores, scored.scales, strict=True)):
+                free = ~taken & (row > 0)
+                total[free] = (tiers - i - 1) + row[free] * scale
                 taken |= free
         else:
-            total = np.zeros(len(space))
-            for part, weight in scored:
-                total += weight * part.scores
+            # The blend of all the models at once: one matrix-vector product.
+            total = (scored.weights * scored.scales).astype(np.float32) @ scored.scores
         if filters.boosts:
-            total *= boost_factors(space.view, filters.boosts, np.arange(len(space)))
-        candidates = np.flatnonzero(total > 0)
-        pool = min(len(candidates), max(5 * k, 50))
-        if pool < len(candidates):
-            candidates = candidates[np.argpartition(-total[candidates], pool - 1)[:pool]]
+            total *= boost_factors(space.view, filters.boosts, np.arange(n))
+        # The best few go on to MMR.
+        candidates = _best_rows(total, max(5 * k, 50))
         picked = candidates[
             mmr(
                 total[candidates],
@@ -1148,10 +1288,11 @@ class RecommendationService:
                 *space.view.category_levels(),
                 k,
                 config.mmr_lambda,
+                space.view.category_similarity(),
             )
         ]
         # The model that contributed most to each item explains it (in a cascade: its tier).
-        contributions = np.stack([w * part.scores[picked] for part, w in scored])
+        contributions = scored.normalized(picked) * scored.weights[:, None]
         if config.combine == "cascade":
             owner = np.argmax(contributions > 0, axis=0)
         else:
@@ -1159,7 +1300,7 @@ class RecommendationService:
         reasons = self._reasons(
             space,
             config,
-            [scored[int(o)][0].slot for o in owner],
+            [scored.slots[o] for o in owner.tolist()],
             picked,
             basket,
             source,
@@ -1211,15 +1352,11 @@ class RecommendationService:
             ``source`` model; returns the positions it could not explain."""
             model = space.models[source]
             if model.group not in context:
-                rows, w = self._model_rows(space, model, context_ids, context_w)
-                known = [i for i in context_ids if model.loaded.items.row(i) is not None]
-                context[model.group] = (rows, w, known)
+                context[model.group] = self._known_rows(model, context_ids, context_w)
             hist_rows, w, hist_ids = context[model.group]
             targets = final_rows[positions]
-            if model.to_space is not None:
-                # The space rows back to this model's rows.
-                back = {int(s): r for r, s in enumerate(model.to_space) if s >= 0}
-                targets = np.asarray([back.get(int(t), -1) for t in targets])
+            if model.from_space is not None:
+                targets = model.from_space[targets]  # this model's rows
             if len(hist_rows) == 0 or (targets < 0).any():
                 return positions
             try:
@@ -1229,12 +1366,13 @@ class RecommendationService:
                 return positions
             contribution = sim * w[:, None]
             best = np.argmax(contribution, axis=0)
+            strength = contribution[best, np.arange(len(positions))].tolist()
             left = []
-            for j, pos in enumerate(positions):
-                if contribution[best[j], j] <= 0:
+            for pos, b, value in zip(positions, best.tolist(), strength, strict=True):
+                if value <= 0:
                     left.append(pos)
                     continue
-                about = hist_ids[int(best[j])]
+                about = hist_ids[b]
                 text = self._reason_text(config, owners[pos], about, title(about), history)
                 out[pos] = (text, about)
             return left
@@ -1443,11 +1581,20 @@ class RecommendationService:
             self.cache_hits += 1
             return found[1]
 
-    def _remember(self, key: tuple[Any, ...], pid: str | None, body: dict[str, Any]) -> None:
-        if self.settings.rec_cache_seconds <= 0:
+    def _remember(
+        self,
+        key: tuple[Any, ...],
+        pid: str | None,
+        body: dict[str, Any],
+        valid_seconds: float | None = None,
+    ) -> None:
+        seconds = self.settings.rec_cache_seconds
+        if valid_seconds is not None:
+            seconds = min(seconds, valid_seconds)
+        if seconds <= 0:
             return
         with self._cache_lock:
-            self._cache[key] = (time.monotonic() + self.settings.rec_cache_seconds, body)
+            self._cache[key] = (time.monotonic() + seconds, body)
             if pid is not None:
                 self._cache_by_profile.setdefault((key[0], pid), set()).add(key)
             while len(self._cache) > CACHE_ENTRIES:

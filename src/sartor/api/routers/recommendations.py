@@ -12,15 +12,24 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import QueryParams
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from sartor.api.deps import EngineDep, ReadWorkspace, authorize, check_id, key_from_header
-from sartor.api.errors import ApiError, json_response
+from sartor.api.deps import (
+    EngineDep,
+    ReadWorkspace,
+    authorize,
+    check_id,
+    key_from_authorization,
+)
+from sartor.api.errors import ApiError, api_error_response, json_response
 from sartor.collect.errors import FieldError
 from sartor.collect.messages import parse_timestamp
+from sartor.engine import Engine
 from sartor.recommend.filters import Boost, Filters
 from sartor.recommend.serving import MAX_K, UnknownItem, UnknownSlot
 
-router = APIRouter(prefix="/v1/recommendations", tags=["recommendations"])
+PATH = "/v1/recommendations"
+router = APIRouter(prefix=PATH, tags=["recommendations"])
 
 MAX_LIST = 200  # ids in `exclude`, categories, boosts
 
@@ -125,11 +134,16 @@ async def recommend(request: Request, engine: EngineDep) -> Response:
     popularity), `personalized` (false with a `reason`: no_consent, holdout, no_history),
     `models` (the versions used), `experiment` when one runs on the slot, and `items`, each
     with `id`, `score`, `reason` and its catalog fields."""
-    # This is the hottest handler: the key is checked here, not by a (synchronous)
-    # dependency whose thread hop costs about what the lookups of a list cost, and the
-    # query is read directly (documented above for OpenAPI), not field by field by FastAPI.
-    workspace = authorize(engine, key_from_header(request), "read")
-    query = request.query_params
+    # Served by :class:`FastPath` in the app; this route documents it (OpenAPI) and answers
+    # wherever the middleware is not installed.
+    return await answer(engine, request.headers.get("authorization"), request.query_params)
+
+
+async def answer(engine: Engine, authorization: str | None, query: QueryParams) -> Response:
+    """``GET /v1/recommendations``: the key checked here, not by a (synchronous) dependency
+    whose thread hop costs about what the lookups of a list cost, and the query read
+    directly (documented above for OpenAPI), not field by field by FastAPI."""
+    workspace = authorize(engine, key_from_authorization(authorization), "read")
     user, anonymous_id, item = (_text(query, n) for n in ("user", "anonymousId", "item"))
     slot = query.get("slot") or "home"
     k = _int(query, "k", 10, 1, MAX_K)
@@ -173,6 +187,41 @@ async def recommend(request: Request, engine: EngineDep) -> Response:
     except FieldError as exc:
         raise _bad(exc.field, exc.message) from None
     return json_response(result)
+
+
+class FastPath:
+    """ASGI middleware that answers ``GET /v1/recommendations`` itself, the busiest read.
+
+    Through FastAPI a request also passes its exception middleware, the router, the
+    route's request wrapper and dependency solving: about 0.1 ms of CPU per request
+    (measured), close to what answering from the list cache costs. Here the handler runs
+    straight from the scope, with the same code (:func:`answer`), the same error responses,
+    and ``scope["route"]`` set to the documented route so the request metrics keep their
+    route label. Install it inside the metrics middleware; anything else passes through.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._route = next(r for r in router.routes if getattr(r, "path", None) == PATH)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "GET":
+            await self.app(scope, receive, send)
+            return
+        application = scope["app"]
+        scope["route"] = self._route
+        authorization = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+                break
+        try:
+            response = await answer(
+                application.state.engine, authorization, QueryParams(scope["query_string"])
+            )
+        except ApiError as exc:
+            response = api_error_response(exc)
+        await response(scope, receive, send)
 
 
 @router.get("/report", summary="Click-through and conversion per slot and model versions")

