@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -45,6 +47,30 @@ err = Console(stderr=True)
 def _settings(ctx: typer.Context) -> Settings:
     settings: Settings = ctx.obj or get_settings()
     return settings
+
+
+@contextmanager
+def _step_bar(
+    first: str, unit: str = "", prefix: str = ""
+) -> Iterator[Callable[[str, int, int], None]]:
+    """A transient bar on stderr for work done in counted steps: yields the callback
+    ``report(what, done, total)`` that long-running engine calls take as ``progress``."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}" + unit),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(first, total=None)
+
+        def report(what: str, done: int, total: int) -> None:
+            bar.update(task, description=prefix + what, completed=done, total=total)
+
+        yield report
 
 
 def _engine(ctx: typer.Context) -> Engine:
@@ -516,23 +542,9 @@ def train(
 ) -> None:
     """Train the recommendation models from the log and catalog; each becomes the active
     version, picked up by running servers without a restart."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     with _engine(ctx) as engine:
         ws_id = _workspace_id(engine, workspace)
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-            TimeElapsedColumn(),
-            console=err,
-            transient=True,
-        ) as bar:
-            task = bar.add_task("training", total=None)
-
-            def report(what: str, done: int, total: int) -> None:
-                bar.update(task, description=what, completed=done, total=total)
-
+        with _step_bar("training") as report:
             try:
                 results = engine.train(ws_id, model, progress=report)
             except ValueError as exc:
@@ -742,26 +754,12 @@ def evaluate(
 ) -> None:
     """Offline evaluation on an interactions file: filter, split, tune on validation, test.
     Defaults reproduce RecBole's MovieLens-1M setup (ratings >= 3, 10-core, 80/10/10)."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     from sartor.recommend.evaluation import EvaluationError
     from sartor.recommend.evaluation import evaluate as run_evaluation
 
     names = [m for m in models.split(",") if m.strip()]
     try:
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total} fits"),
-            TimeElapsedColumn(),
-            console=err,
-            transient=True,
-        ) as bar:
-            task = bar.add_task("loading and splitting", total=None)
-
-            def report(model: str, done: int, total: int) -> None:
-                bar.update(task, description=f"tuning {model}", completed=done, total=total)
-
+        with _step_bar("loading and splitting", unit=" fits", prefix="tuning ") as report:
             result = run_evaluation(
                 interactions,
                 names,
