@@ -1,7 +1,7 @@
 """Recommendation quality: `sartor evaluate` on MovieLens, every model against Popularity.
 
     .venv/bin/python bench/quality.py [--datasets ml-100k,ml-latest-small-2016]
-        [--models popularity,itemknn,userknn,als,ease,edlae] [--runs 1] [--seed 2020]
+        [--models popularity,itemknn,userknn,als,ease,edlae,rp3beta] [--runs 1] [--seed 2020]
         [--k 10] [--data ../shared/data] [--json out.json]
 
 For each dataset this runs the real command line, ``python -m sartor.cli evaluate
@@ -141,7 +141,7 @@ def report(results: dict[str, Any], k: int) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--datasets", default=",".join(FILES))
-    ap.add_argument("--models", default="popularity,itemknn,userknn,als,ease,edlae")
+    ap.add_argument("--models", default="popularity,itemknn,userknn,als,ease,edlae,rp3beta")
     ap.add_argument("--runs", type=int, default=1, help="split seeds per dataset (median)")
     ap.add_argument("--seed", type=int, default=2020, help="first split seed (RecBole's)")
     ap.add_argument("--k", type=int, default=10)

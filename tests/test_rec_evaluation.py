@@ -377,6 +377,16 @@ def test_evaluate_ranks_models_sensibly_on_structured_data() -> None:
     assert report.stats["users"] == 60 and report.stats["test"] > 0
 
 
+def test_rp3beta_is_tuned_over_its_grid_and_beats_popularity() -> None:
+    report = evaluate(_block_data(), ["popularity", "rp3beta"], k=5, kcore_k=5)
+    rows = {row["model"]: row for row in report.rows()}
+    assert rows["rp3beta"]["ndcg@5"] > rows["popularity"]["ndcg@5"] + 0.1
+    (result,) = [r for r in report.results if r.model == "rp3beta"]
+    # 3 alphas x 3 betas, then two more neighbour counts around the best.
+    assert len(result.tried) == 11
+    assert {"alpha", "beta", "k_neighbors"} <= set(result.params)
+
+
 def test_progress_reports_every_fit_and_ends_complete() -> None:
     calls: list[tuple[str, int, int]] = []
     evaluate(

@@ -37,6 +37,7 @@ from sartor.recommend import (
     make_model,
 )
 from sartor.recommend.base import ARRAYS_FILE, META_FILE, as_interactions, top_k
+from sartor.recommend.models import RP3beta
 
 N_USERS, N_ITEMS = 40, 30
 DAY_MS = 86_400_000
@@ -66,6 +67,7 @@ SPECS: dict[str, Callable[[], Recommender]] = {
     "userknn": lambda: UserKNN(k_neighbors=10),
     "als": lambda: ALS(factors=8, iterations=5, random_state=3),
     "ease": lambda: EASE(l2=10.0),
+    "rp3beta": lambda: RP3beta(alpha=0.8, beta=0.5, k_neighbors=10),
     "content": lambda: ContentBased(),
     "hybrid": lambda: Hybrid(
         {
@@ -103,7 +105,7 @@ def _expected_top(scores: np.ndarray, excluded: set[int], k: int) -> list[int]:
 
 
 def test_models_are_registered_by_name() -> None:
-    expected = {"popularity", "itemknn", "userknn", "als", "ease", "content", "hybrid"}
+    expected = {"popularity", "itemknn", "userknn", "als", "ease", "content", "hybrid", "rp3beta"}
     assert expected <= set(MODELS)
     for name in expected:
         assert MODELS[name].name == name
@@ -289,6 +291,7 @@ CHECKERBOARD_SPECS: dict[str, Callable[[], Recommender]] = {
     "itemknn": lambda: ItemKNN(k_neighbors=30, shrinkage=2.0),
     "itemknn-bm25": lambda: ItemKNN(k_neighbors=30, similarity="bm25"),
     "userknn": lambda: UserKNN(k_neighbors=30),
+    "rp3beta": lambda: RP3beta(k_neighbors=30),
 }
 
 
@@ -422,6 +425,56 @@ def test_itemknn_bm25_matches_a_brute_force_loop() -> None:
     # BM25 is not cosine: it must differ from the cosine model somewhere.
     cosine = ItemKNN(k_neighbors=N_ITEMS).fit(X).similarity_.toarray()
     assert not np.allclose(cosine, model.similarity_.toarray())
+
+
+def _rp3beta_reference(x: sp.csr_matrix, alpha: float, beta: float) -> np.ndarray:
+    """The random walk spelled out: transition matrices, entry-wise powers, the penalty."""
+    dense = x.toarray().astype(np.float64)
+    p_ui = dense / dense.sum(axis=1, keepdims=True)  # user -> item
+    p_iu = dense.T / dense.sum(axis=0)[:, None]  # item -> user
+    walk = (p_iu**alpha) @ (p_ui**alpha)
+    ref = walk / dense.sum(axis=0)[None, :] ** beta
+    np.fill_diagonal(ref, 0.0)
+    return ref
+
+
+@pytest.mark.parametrize(("alpha", "beta"), [(1.0, 0.0), (0.6, 0.5), (1.3, 0.9)])
+def test_rp3beta_matches_the_random_walk(alpha: float, beta: float) -> None:
+    model = RP3beta(alpha=alpha, beta=beta, k_neighbors=N_ITEMS).fit(X)
+    ref = _rp3beta_reference(X, alpha, beta)
+    np.testing.assert_allclose(model.similarity_.toarray(), ref, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(model.score_users(np.arange(N_USERS)), X @ ref, rtol=1e-4)
+    if beta == 0.0:
+        # Plain P3alpha with alpha = 1 is a probability: every row of the walk sums to 1
+        # (with the self-loops put back).
+        dense = X.toarray().astype(np.float64)
+        loops = ((dense / dense.sum(axis=1, keepdims=True)) * dense / dense.sum(axis=0)).sum(0)
+        np.testing.assert_allclose(ref.sum(axis=1) + loops, 1.0, rtol=1e-9)
+
+
+def test_rp3beta_keeps_the_top_k_and_penalizes_popular_items() -> None:
+    k = 4
+    model = RP3beta(alpha=1.0, beta=0.5, k_neighbors=k).fit(X)
+    ref = _rp3beta_reference(X, 1.0, 0.5)
+    sim = model.similarity_.toarray()
+    for i in range(N_ITEMS):
+        kept = np.flatnonzero(sim[i])
+        assert 0 < len(kept) <= k and i not in kept
+        np.testing.assert_allclose(sim[i, kept], ref[i, kept], rtol=1e-5)
+        assert sim[i, kept].min() >= np.sort(ref[i])[-k] * (1 - 1e-6)
+    # A larger beta moves weight away from the most popular item.
+    popular = int(np.argmax(np.asarray(X.sum(axis=0)).ravel()))
+    share = []
+    for b in (0.0, 1.0):
+        w = RP3beta(alpha=1.0, beta=b, k_neighbors=N_ITEMS).fit(X).similarity_.toarray()
+        share.append(w[:, popular].sum() / w.sum())
+    assert share[1] < share[0]
+    with pytest.raises(ValueError, match="alpha must be > 0"):
+        RP3beta(alpha=0.0).fit(X)
+    with pytest.raises(ValueError, match="beta must be >= 0"):
+        RP3beta(beta=-0.1).fit(X)
+    with pytest.raises(ValueError, match="k_neighbors must be >= 1"):
+        RP3beta(k_neighbors=0).fit(X)
 
 
 def test_userknn_matches_brute_force_cosine_neighbours() -> None:

@@ -606,6 +606,14 @@ GRIDS: dict[str, GridFn] = {
     ),
     "ease": _ease_grid,
     "edlae": _edlae_grid,
+    # The popularity penalty matters most; MovieLens 100K and latest-small both chose
+    # beta 0.5 (alpha 0.5-1.0, 100-300 neighbours).
+    "rp3beta": _fixed(
+        [
+            {"alpha": [0.5, 0.8, 1.0], "beta": [0.3, 0.5, 0.7], "k_neighbors": [200]},
+            {"k_neighbors": [100, 400]},
+        ]
+    ),
     "hybrid": _hybrid_grid,
 }
 DEFAULT_MODELS = ("popularity", "itemknn", "userknn", "als", "ease", "edlae")

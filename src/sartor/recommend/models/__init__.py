@@ -16,6 +16,7 @@ from sartor.recommend.models.edlae import EDLAE
 from sartor.recommend.models.hybrid import Hybrid
 from sartor.recommend.models.itemknn import ItemKNN
 from sartor.recommend.models.popularity import Popularity
+from sartor.recommend.models.rp3beta import RP3beta
 from sartor.recommend.models.userknn import UserKNN
 
 MODELS: dict[str, type[Recommender]] = {
@@ -27,6 +28,7 @@ MODELS: dict[str, type[Recommender]] = {
     "content": ContentBased,
     "hybrid": Hybrid,
     "edlae": EDLAE,
+    "rp3beta": RP3beta,
 }
 
 
@@ -50,6 +52,7 @@ __all__ = [
     "Hybrid",
     "ItemKNN",
     "Popularity",
+    "RP3beta",
     "UserKNN",
     "make_model",
 ]
