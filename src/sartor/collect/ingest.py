@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -231,9 +232,24 @@ class _Sql:
             " ON CONFLICT DO NOTHING"
         )
 
+        # SQLite: a lookup's rows come back as one JSON array in one row, made in C and
+        # decoded by orjson, rather than as one Python tuple per row, each its own step
+        # (and its own release and retaking of the GIL) in the sqlite3 module.
+        self.aggregate = {
+            q: q if pg else _aggregated(q)
+            for q in (self.links, self.users_of, self.consent_of, self.message_ids)
+        }
+
     def values(self, values: list[str]) -> Any:
         """A list as the one parameter of a ``within`` condition."""
         return values if self.pg else orjson.dumps(values).decode()
+
+
+def _aggregated(query: str) -> str:
+    """``SELECT a, b FROM ...`` as one row: ``[[a, b], ...]`` (JSON text), or NULL."""
+    select, rest = query.split(" FROM ", 1)
+    columns = select.removeprefix("SELECT ")
+    return f"SELECT json_group_array(json_array({columns})) FROM {rest}"
 
 
 _SQL = {name: _Sql(name) for name in ("sqlite", "postgresql")}
@@ -262,24 +278,30 @@ def _load(conn: Connection, ws: str, evs: list[PreparedEvent], key: bytes) -> _I
     links = ids.links
     for kind, values in ((USER, users), (ANON, anons), (EMAIL, emails)):
         if values:
-            for value, pid in conn.exec_driver_sql(
-                sql.links, (ws, kind, sql.values(list(values)))
-            ).all():  # all(): one fetchall, not a fetchone per row
+            for value, pid in _rows(conn, sql, sql.links, (ws, kind, sql.values(list(values)))):
                 links[(kind, value)] = pid
     if links:
         pids = sql.values(list(set(links.values())))
-        for pid, consent in conn.exec_driver_sql(sql.consent_of, (ws, pids)).all():
+        for pid, consent in _rows(conn, sql, sql.consent_of, (ws, pids)):
             # "{}": what almost every profile of an opt_out workspace holds
             ids.consent[pid] = (_document(consent) if consent != "{}" else None) or {}
             ids.existing_profiles.add(pid)
-        for value, pid in conn.exec_driver_sql(sql.users_of, (ws, USER, pids)).all():
+        for value, pid in _rows(conn, sql, sql.users_of, (ws, USER, pids)):
             ids.users[pid].add(value)
     return ids
 
 
+def _rows(conn: Connection, sql: _Sql, query: str, params: tuple[Any, ...]) -> Sequence[Any]:
+    """The rows of one of ``sql``'s lookups (as tuples or lists), read in one step."""
+    if sql.pg:
+        return conn.exec_driver_sql(query, params).all()  # all(): one fetchall
+    found = conn.exec_driver_sql(sql.aggregate[query], params).scalar()
+    return orjson.loads(found) if found else []
+
+
 def _existing_message_ids(conn: Connection, ws: str, message_ids: list[str]) -> set[str]:
     sql = _sql(conn)
-    rows = conn.exec_driver_sql(sql.message_ids, (ws, sql.values(message_ids))).all()
+    rows = _rows(conn, sql, sql.message_ids, (ws, sql.values(message_ids)))
     return {row[0] for row in rows}
 
 

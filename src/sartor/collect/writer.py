@@ -5,6 +5,13 @@ its own would cap throughput at the disk's fsync rate. Requests hand their prepa
 the writer and wait; the writer drains whatever has queued, stores it all in one transaction,
 commits, and only then resolves each request's future. An acknowledged event is therefore
 always a committed one.
+
+The commit listeners (profile notifications, the live stream, catalog and attribution
+hooks) run after the answers, in commit order, on a thread of their own: the writer goes
+on to the next group instead of waiting for a Redis round trip or the catalog's own
+transaction. A job without events is a barrier: it is answered once the listeners of
+every commit before it have run. At most ``max_pending`` commits wait for their
+listeners; past that the writer waits too.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -43,15 +51,24 @@ class GroupCommitWriter:
         *,
         max_events: int = 5000,
         on_commit: Callable[[Workspace, list[PreparedEvent], list[Outcome]], None] | None = None,
+        max_pending: int = 64,
     ) -> None:
         self._engine = engine
         self._on_commit = on_commit
         self._secret = secret
         self._max_events = max_events
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        # Committed jobs with their outcomes (listeners to run), or barriers (no outcomes).
+        self._pending: queue.Queue[tuple[list[_Job], list[list[Outcome]] | None] | None] = (
+            queue.Queue(max_pending)
+        )
         self._closed = False
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="sartor-writer", daemon=True)
+        self._notifier = threading.Thread(
+            target=self._notify_loop, name="sartor-commit-listeners", daemon=True
+        )
+        self._notifier.start()
         self._thread.start()
         self.commits = 0
 
@@ -70,27 +87,54 @@ class GroupCommitWriter:
                 return
             self._closed = True
             self._queue.put(None)
+        deadline = time.monotonic() + timeout
         self._thread.join(timeout)
+        self._notifier.join(max(0.0, deadline - time.monotonic()))
 
     def _run(self) -> None:
-        stop = False
-        while not stop:
-            job = self._queue.get()
-            if job is None:
-                break
-            jobs = [job]
-            size = len(job.events)
-            while size < self._max_events:
+        try:
+            stop = False
+            while not stop:
+                job = self._queue.get()
+                if job is None:
+                    break
+                jobs = [job]
+                size = len(job.events)
+                while size < self._max_events:
+                    try:
+                        nxt = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is None:
+                        stop = True
+                        break
+                    jobs.append(nxt)
+                    size += len(nxt.events)
+                barriers = [j for j in jobs if not j.events]
+                if len(barriers) < len(jobs):
+                    self._commit([j for j in jobs if j.events])
+                if barriers:
+                    self._pending.put((barriers, None))
+        finally:
+            self._pending.put(None)
+
+    def _notify_loop(self) -> None:
+        while True:
+            item = self._pending.get()
+            if item is None:
+                return
+            jobs, results = item
+            if results is None:  # barriers: every listener before them has run
+                for job in jobs:
+                    job.future.set_result([])
+                continue
+            if self._on_commit is None:
+                continue
+            for job, result in zip(jobs, results, strict=True):
                 try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                jobs.append(nxt)
-                size += len(nxt.events)
-            self._commit(jobs)
+                    self._on_commit(job.workspace, job.events, result)
+                except Exception:  # notifications are best effort; the log has it all
+                    log.exception("commit listener failed")
 
     def _commit(self, jobs: list[_Job]) -> None:
         try:
@@ -108,11 +152,7 @@ class GroupCommitWriter:
         for job, result in zip(jobs, results, strict=True):
             job.future.set_result(result)
         if self._on_commit is not None:
-            for job, result in zip(jobs, results, strict=True):
-                try:
-                    self._on_commit(job.workspace, job.events, result)
-                except Exception:  # notifications are best effort; the log has it all
-                    log.exception("commit listener failed")
+            self._pending.put((jobs, results))
 
     def _store(self, jobs: list[_Job]) -> list[list[Outcome]]:
         by_ws: dict[str, list[PreparedEvent]] = {}
