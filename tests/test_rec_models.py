@@ -258,6 +258,72 @@ def test_save_and_load_give_identical_recommendations(spec: str, tmp_path: Path)
         wrong.load(folder)
 
 
+def _csr_arrays(prefix: str, m: sp.csr_matrix) -> dict[str, np.ndarray]:
+    return {
+        f"{prefix}_data": m.data,
+        f"{prefix}_indices": m.indices,
+        f"{prefix}_indptr": m.indptr,
+        f"{prefix}_shape": np.asarray(m.shape, dtype=np.int64),
+    }
+
+
+@pytest.mark.parametrize(
+    ("kind", "params"),
+    [
+        ("ease", {"l2": 500.0, "max_items": 30000}),
+        (
+            "edlae",
+            {
+                "l2": 500.0,
+                "dropout": 0.0,
+                "diag_max": 0.0,
+                "lowpass_rank": 0,
+                "lowpass_weight": 0.0,
+                "nonnegative": False,
+                "max_items": 20000,
+                "random_state": 0,
+            },
+        ),
+        ("itemknn", {"k_neighbors": 50, "similarity": "cosine", "shrinkage": 0.0}),
+        ("rp3beta", {"alpha": 1.0, "beta": 0.5, "k_neighbors": 200}),
+    ],
+)
+def test_artifacts_in_the_saved_layout_load(
+    kind: str, params: dict[str, Any], tmp_path: Path
+) -> None:
+    """The on-disk layout (array names in model.npz, keys of model.json) is a format:
+    artifacts written by earlier versions, built here by hand, must keep loading."""
+    rng = np.random.default_rng(5)
+    item_item = np.where(rng.random((N_ITEMS, N_ITEMS)) < 0.3, rng.random((N_ITEMS, N_ITEMS)), 0)
+    np.fill_diagonal(item_item, 0.0)
+    arrays = _csr_arrays("user_items", X)
+    if kind in ("ease", "edlae"):
+        arrays["weights"] = item_item.astype(np.float32)
+        if kind == "edlae":
+            arrays["lowpass_scale"] = np.asarray([0.25])
+    else:
+        arrays.update(_csr_arrays("similarity", sp.csr_matrix(item_item, dtype=np.float32)))
+    arrays["_erased_users"] = np.asarray([3], dtype=np.int64)
+    folder = tmp_path / kind
+    folder.mkdir()
+    np.savez(folder / ARRAYS_FILE, allow_pickle=False, **arrays)
+    meta = {"model": kind, "params": params, "n_users": N_USERS, "n_items": N_ITEMS}
+    (folder / META_FILE).write_text(json.dumps(meta))
+    model = MODELS[kind].load(folder)
+    assert model.get_params() == {**MODELS[kind]().get_params(), **params}
+    if kind == "edlae":
+        assert model.lowpass_scale_ == 0.25
+    expected = X[[0, 1, 2]].toarray() @ item_item
+    np.testing.assert_allclose(model.score_users(np.array([0, 1, 2])), expected, rtol=1e-5)
+    np.testing.assert_allclose(model.score_users(np.array([1]))[0], expected[1], rtol=1e-5)
+    np.testing.assert_allclose(model.similar_scores(np.array([4]))[0], item_item[4], rtol=1e-6)
+    ids, _ = model.recommend([3, 4], k=5)
+    assert (ids[0] == -1).all() and (ids[1] >= 0).any()  # user 3 stays erased
+    model.save(tmp_path / "again")
+    with np.load(tmp_path / "again" / ARRAYS_FILE, allow_pickle=False) as data:
+        assert sorted(data.files) == sorted(arrays)
+
+
 @pytest.mark.parametrize("spec", ALL)
 def test_same_random_state_same_results(spec: str) -> None:
     a, b = fresh(spec), fresh(spec)

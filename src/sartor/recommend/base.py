@@ -231,10 +231,7 @@ class Recommender(ABC):
         items = check_rows(item_rows, self.n_items_, "item")
         w = self._history_weights(items, weights)
         scores = np.asarray(self.score_history(items, w), dtype=np.float64).copy()
-        if exclude is not None:
-            scores[check_rows(exclude, self.n_items_, "item")] = -np.inf
-        ids, sc = top_k(scores[None, :], k)
-        return ids[0], sc[0]
+        return self._top_items(scores, k, exclude)
 
     def similar_items(
         self, item_rows: np.ndarray | list[int], k: int = 10
@@ -275,6 +272,16 @@ class Recommender(ABC):
             factors[user_rows] = 0.0
 
     # ---- helpers for subclasses ---------------------------------------------------
+    def _top_items(
+        self, scores: np.ndarray, k: int, exclude: np.ndarray | list[int] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` best of one row of ``scores`` over all items (modified in place),
+        ``exclude`` (item rows) never among them."""
+        if exclude is not None:
+            scores[check_rows(exclude, self.n_items_, "item")] = -np.inf
+        ids, sc = top_k(scores[None, :], k)
+        return ids[0], sc[0]
+
     def _history_weights(
         self, items: np.ndarray, weights: np.ndarray | list[float] | None
     ) -> np.ndarray:
@@ -324,9 +331,7 @@ class Recommender(ABC):
     @classmethod
     def load(cls, folder: str | Path) -> Self:
         path = Path(folder)
-        meta = json.loads((path / META_FILE).read_text())
-        if meta.get("model") != cls.name:
-            raise ValueError(f"{path} holds a {meta.get('model')!r} model, not {cls.name!r}")
+        meta = cls._read_meta(path)
         model = cls(**meta["params"])
         with np.load(path / ARRAYS_FILE, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
@@ -335,13 +340,52 @@ class Recommender(ABC):
         erased = arrays.pop(ERASED_KEY, None)
         model._restore(arrays)
         if erased is not None:
-            model.erased_ = np.zeros(model.n_users_, dtype=bool)
-            model.erased_[erased] = True
+            model._restore_erased(erased)
         return model
+
+    @classmethod
+    def _read_meta(cls, path: Path) -> dict[str, Any]:
+        """The saved ``model.json`` in ``path``; refuses another kind of model's."""
+        meta: dict[str, Any] = json.loads((path / META_FILE).read_text())
+        if meta.get("model") != cls.name:
+            raise ValueError(f"{path} holds a {meta.get('model')!r} model, not {cls.name!r}")
+        return meta
+
+    def _restore_erased(self, user_rows: np.ndarray) -> None:
+        """Mark the saved erased user rows (:data:`ERASED_KEY`) as erased again."""
+        self.erased_ = np.zeros(self.n_users_, dtype=bool)
+        self.erased_[user_rows] = True
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "n_items_"):
             raise NotFittedError(f"{type(self).__name__} is not fitted yet; call fit() first")
+
+
+class HistoryRecommender(Recommender):
+    """A model that scores a known user from their stored history ``user_items_`` exactly
+    as an ad-hoc user with that history: one user (a served request) goes straight to
+    :meth:`_history_scores` with their CSR row, a batch to :meth:`_batch_scores`."""
+
+    user_items_: sp.csr_matrix
+
+    def score_users(self, user_rows: np.ndarray) -> np.ndarray:
+        rows = check_rows(user_rows, self.n_users_, "user")
+        if len(rows) == 1:
+            items, w = row_entries(self.user_items_, int(rows[0]))
+            return self._history_scores(items, w)[None, :]
+        return self._batch_scores(rows)
+
+    def score_history(self, item_rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        items = check_rows(item_rows, self.n_items_, "item")
+        return self._history_scores(items, weights)
+
+    @abstractmethod
+    def _history_scores(self, items: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """Scores over all items, shape ``(n_items_,)``, for checked item rows."""
+
+    @abstractmethod
+    def _batch_scores(self, user_rows: np.ndarray) -> np.ndarray:
+        """Scores of several checked user rows, shape ``(len(user_rows), n_items_)``."""
 
 
 def csr_parts(prefix: str, matrix: sp.csr_matrix) -> dict[str, np.ndarray]:

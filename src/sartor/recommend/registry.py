@@ -35,6 +35,14 @@ log = logging.getLogger("sartor.recommend")
 
 VOCAB_FILE = "vocab.npz"
 SLOT_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_-")
+# What is read of a stored version to find and load its artifacts (see Registry._load).
+ARTIFACT_COLUMNS = (
+    model_versions.c.slot,
+    model_versions.c.version,
+    model_versions.c.kind,
+    model_versions.c.path,
+    model_versions.c.trained_at,
+)
 
 
 def model_class(kind: str) -> type[Recommender]:
@@ -220,13 +228,7 @@ class Registry:
             current = cached[1] if cached else {}
             with self.db.connect() as conn:
                 rows = conn.execute(
-                    select(
-                        model_versions.c.slot,
-                        model_versions.c.version,
-                        model_versions.c.kind,
-                        model_versions.c.path,
-                        model_versions.c.trained_at,
-                    ).where(
+                    select(*ARTIFACT_COLUMNS).where(
                         model_versions.c.workspace_id == ws_id,
                         model_versions.c.status == "active",
                     )
@@ -276,13 +278,7 @@ class Registry:
             return 0
         with self.db.connect() as conn:
             rows = conn.execute(
-                select(
-                    model_versions.c.slot,
-                    model_versions.c.version,
-                    model_versions.c.kind,
-                    model_versions.c.path,
-                    model_versions.c.trained_at,
-                ).where(model_versions.c.workspace_id == ws_id)
+                select(*ARTIFACT_COLUMNS).where(model_versions.c.workspace_id == ws_id)
             ).all()
         removed = 0
         with self._lock:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
+import scipy.linalg.lapack as lapack
 import scipy.sparse as sp
 
 # Densify the operand when it takes at most this many bytes (float32): dense BLAS products
@@ -88,22 +89,40 @@ def knn_matrix(
     ``sim(i, j) = <v_i, v_j> / (|v_i| |v_j| + shrinkage)`` when ``norms`` is given, the
     plain dot product otherwise; the top ``k`` positive entries of each row, self excluded.
     """
+    if norms is None:
+        return top_k_gram(vectors, k)
+    norms32 = np.asarray(norms, dtype=np.float32)
+    inv = np.divide(1.0, norms32, out=np.zeros_like(norms32), where=norms32 > 0)
+
+    def scale(start: int, stop: int, g: np.ndarray) -> None:
+        if shrinkage == 0:
+            # A zero vector has a zero dot product with everything: scaling by 0 is right.
+            g *= inv[start:stop, None]
+            g *= inv[None, :]
+        else:
+            denom = norms32[start:stop, None] * norms32[None, :]
+            denom += np.float32(shrinkage)
+            g /= denom
+
+    return top_k_gram(vectors, k, scale)
+
+
+def top_k_gram(
+    vectors: sp.csr_matrix,
+    k: int,
+    scale: Callable[[int, int, np.ndarray], None] | None = None,
+) -> sp.csr_matrix:
+    """The top ``k`` positive entries of each row of ``vectors @ vectors.T``, self excluded,
+    as a float32 CSR matrix, computed block by block (:func:`gram_blocks`) and cut as it
+    goes. ``scale(start, stop, block)`` may rescale each dense block (rows ``start:stop``)
+    in place before the cut."""
     n = vectors.shape[0]
     rows: list[np.ndarray] = []
     cols: list[np.ndarray] = []
     vals: list[np.ndarray] = []
-    if norms is not None:
-        norms32 = np.asarray(norms, dtype=np.float32)
-        inv = np.divide(1.0, norms32, out=np.zeros_like(norms32), where=norms32 > 0)
     for start, stop, g in gram_blocks(vectors):
-        if norms is not None and shrinkage == 0:
-            # A zero vector has a zero dot product with everything: scaling by 0 is right.
-            g *= inv[start:stop, None]
-            g *= inv[None, :]
-        elif norms is not None:
-            denom = norms32[start:stop, None] * norms32[None, :]
-            denom += np.float32(shrinkage)
-            g /= denom
+        if scale is not None:
+            scale(start, stop, g)
         r, c, v = top_k_sparse(g, start, k)
         rows.append(r)
         cols.append(c)
@@ -147,3 +166,30 @@ def sparse_rows_times(x: sp.csr_matrix, rows: np.ndarray, right: sp.csr_matrix) 
         lo, hi = x.indptr[rows[0]], x.indptr[rows[0] + 1]
         return weighted_row_sum(right, x.indices[lo:hi], x.data[lo:hi].astype(np.float64))[None, :]
     return np.asarray((x[rows] @ right).toarray(), dtype=np.float64)
+
+
+def spd_inverse(g: np.ndarray, model: str) -> np.ndarray:
+    """Inverse of a symmetric positive definite matrix through Cholesky (LAPACK potrf and
+    potri, in place where LAPACK allows): half the work of a general inverse and no second
+    ``n x n`` buffer. ``model`` names the caller in the errors. Returns a C-ordered array."""
+    n = g.shape[0]
+    a = g.T  # the same symmetric matrix as a Fortran-ordered view: LAPACK needs no copy
+    potrf, potri = lapack.get_lapack_funcs(("potrf", "potri"), (a,))
+    c, info = potrf(a, lower=False, overwrite_a=True, clean=False)
+    if info != 0:
+        raise ValueError(
+            f"{model}: the regularized Gram matrix is not positive definite (LAPACK info {info})"
+        )
+    inv, info = potri(c, lower=False, overwrite_c=True)
+    if info != 0:
+        raise ValueError(f"{model}: inverting the Gram matrix failed (LAPACK info {info})")
+    # potri fills the upper triangle only; mirror it block by block (no n x n temporary).
+    step = 1024
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        inv[start:stop, :start] = inv[:start, start:stop].T
+        block = inv[start:stop, start:stop]
+        inv[start:stop, start:stop] = np.triu(block) + np.triu(block, 1).T
+    # Exactly symmetric now, so the C-ordered transpose view is the same matrix, no copy.
+    result: np.ndarray = inv.T
+    return result

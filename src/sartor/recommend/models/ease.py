@@ -5,28 +5,18 @@ from __future__ import annotations
 from typing import Any, Self
 
 import numpy as np
-import scipy.linalg.lapack as lapack
 import scipy.sparse as sp
 
-from sartor.recommend.base import (
-    Recommender,
-    as_interactions,
-    check_rows,
-    csr_from_parts,
-    csr_parts,
-    row_entries,
-)
-from sartor.recommend.models._linalg import gram_blocks
+from sartor.recommend.base import as_interactions
+from sartor.recommend.models._itemitem import DenseItemItem
+from sartor.recommend.models._linalg import gram_blocks, spd_inverse
 
 # Above this many items the Gram matrix is inverted in float32: half the memory, and the
 # L2 term keeps the system well enough conditioned for ranking.
 FLOAT64_MAX_ITEMS = 8192
-# A batch of users is densified for one BLAS product when it has this many stored entries
-# per row on average; sparser batches go through scipy's sparse x dense product.
-DENSE_BATCH_NNZ = 16
 
 
-class EASE(Recommender):
+class EASE(DenseItemItem):
     """``B = argmin |X - XB|^2 + l2 |B|^2`` with ``diag(B) = 0``, solved in closed form:
     ``P = (X^T X + l2 I)^-1``, ``B = I - P / diag(P)`` (column-wise), zero diagonal.
 
@@ -58,7 +48,7 @@ class EASE(Recommender):
         for start, stop, block in gram_blocks(x.T.tocsr()):
             g[start:stop] = block
         g[np.diag_indices(n)] += float(self.l2)
-        p = _spd_inverse(g)
+        p = spd_inverse(g, "EASE")
         diag = np.diag(p).copy()
         p /= -diag[None, :]
         p[np.diag_indices(n)] = 0.0
@@ -66,58 +56,3 @@ class EASE(Recommender):
         self.user_items_ = x
         self.n_users_, self.n_items_ = x.shape
         return self
-
-    def score_users(self, user_rows: np.ndarray) -> np.ndarray:
-        rows = check_rows(user_rows, self.n_users_, "user")
-        if len(rows) == 1:
-            items, w = row_entries(self.user_items_, int(rows[0]))
-            return self._history_scores(items, w)[None, :]
-        part = self.user_items_[rows]
-        if part.nnz >= DENSE_BATCH_NNZ * len(rows):
-            return part.toarray() @ self.weights_
-        return np.asarray(part @ self.weights_)
-
-    def _history_scores(self, items: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        if len(items) == 0:
-            return np.zeros(self.n_items_, dtype=np.float32)
-        # einsum, not BLAS: one user's scores should not wake BLAS threads (see ALS._matvec).
-        return np.einsum("i,ij->j", np.asarray(weights, dtype=np.float32), self.weights_[items])
-
-    def score_history(self, item_rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        items = check_rows(item_rows, self.n_items_, "item")
-        return self._history_scores(items, weights)
-
-    def similar_scores(self, item_rows: np.ndarray) -> np.ndarray:
-        rows = check_rows(item_rows, self.n_items_, "item")
-        return self.weights_[rows]
-
-    def _arrays(self) -> dict[str, np.ndarray]:
-        return {"weights": self.weights_, **csr_parts("user_items", self.user_items_)}
-
-    def _restore(self, arrays: dict[str, np.ndarray]) -> None:
-        self.weights_ = np.ascontiguousarray(arrays["weights"], dtype=np.float32)
-        self.user_items_ = csr_from_parts("user_items", arrays)
-
-
-def _spd_inverse(g: np.ndarray) -> np.ndarray:
-    """Inverse of a symmetric positive definite matrix by Cholesky, in place where LAPACK
-    allows (about half the work of a general inverse, and no second n x n buffer)."""
-    n = g.shape[0]
-    # g is symmetric, so its transpose (a Fortran-ordered view) is the same matrix and
-    # LAPACK can work on it without a copy.
-    a = g.T
-    potrf, potri = lapack.get_lapack_funcs(("potrf", "potri"), (a,))
-    c, info = potrf(a, lower=False, overwrite_a=True, clean=False)
-    if info != 0:
-        raise ValueError(f"EASE: X^T X + l2 I is not positive definite (LAPACK info {info})")
-    inv, info = potri(c, lower=False, overwrite_c=True)
-    if info != 0:
-        raise ValueError(f"EASE: inverting the Gram matrix failed (LAPACK info {info})")
-    # potri fills the upper triangle only; mirror it block by block.
-    step = 1024
-    for start in range(0, n, step):
-        stop = min(n, start + step)
-        inv[start:stop, :start] = inv[:start, start:stop].T
-        block = inv[start:stop, start:stop]
-        inv[start:stop, start:stop] = np.triu(block) + np.triu(block, 1).T
-    return inv

@@ -34,18 +34,12 @@ from __future__ import annotations
 from typing import Any, Self
 
 import numpy as np
-import scipy.linalg.lapack as lapack
 import scipy.sparse as sp
 from sklearn.utils.extmath import randomized_svd
 
-from sartor.recommend.base import (
-    Recommender,
-    as_interactions,
-    check_rows,
-    csr_from_parts,
-    csr_parts,
-    row_entries,
-)
+from sartor.recommend.base import as_interactions
+from sartor.recommend.models._itemitem import DenseItemItem
+from sartor.recommend.models._linalg import spd_inverse
 
 # Up to this many items everything is solved in float64; above, in float32 (half the
 # memory; the L2 term keeps the system well conditioned enough for ranking).
@@ -62,10 +56,9 @@ ADMM_ITERATIONS = 10
 # well separated, and six passes over the sparse matrix pin them down (ARPACK took 2-5x
 # longer on MovieLens-1M-sized data for the same ranking quality).
 SVD_POWER_ITERATIONS = 6
-DENSE_BATCH_NNZ = 16
 
 
-class EDLAE(Recommender):
+class EDLAE(DenseItemItem):
     """Emphasized-denoising linear autoencoder with a relaxed diagonal and an optional
     low-pass term; see the module docstring for the maths and the references."""
 
@@ -153,7 +146,7 @@ class EDLAE(Recommender):
         n = x.shape[1]
         g, penalty = self._gram(x, dtype)
         g[np.diag_indices(n)] += penalty
-        inverse = _spd_inverse(g)
+        inverse = spd_inverse(g, "EDLAE")
         diag = np.diag(inverse).copy()
         nu = np.maximum(penalty, (1.0 - float(self.diag_max)) / diag)
         inverse *= -nu[None, :]
@@ -177,7 +170,7 @@ class EDLAE(Recommender):
         system[np.diag_indices(n)] += penalty + rho
         # The rounds run in float32: twice the BLAS speed, and ten rounds of projections do
         # not need more precision than the ranking does.
-        inverse = _spd_inverse(system).astype(np.float32)
+        inverse = spd_inverse(system, "EDLAE").astype(np.float32)
         del system
         g = g.astype(np.float32)
         diag = np.diag(inverse).copy()
@@ -197,44 +190,16 @@ class EDLAE(Recommender):
         c[np.diag_indices(n)] = 0.0
         return c
 
-    # ---- scores -------------------------------------------------------------------------
-    def score_users(self, user_rows: np.ndarray) -> np.ndarray:
-        rows = check_rows(user_rows, self.n_users_, "user")
-        if len(rows) == 1:
-            items, w = row_entries(self.user_items_, int(rows[0]))
-            return self._history_scores(items, w)[None, :]
-        part = self.user_items_[rows]
-        if part.nnz >= DENSE_BATCH_NNZ * len(rows):
-            return part.toarray() @ self.weights_
-        return np.asarray(part @ self.weights_)
-
-    def _history_scores(self, items: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        if len(items) == 0:
-            return np.zeros(self.n_items_, dtype=np.float32)
-        # One user's scores: einsum rather than BLAS, which would wake its threads for a
-        # product this small.
-        return np.einsum("i,ij->j", np.asarray(weights, dtype=np.float32), self.weights_[items])
-
-    def score_history(self, item_rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        items = check_rows(item_rows, self.n_items_, "item")
-        return self._history_scores(items, weights)
-
-    def similar_scores(self, item_rows: np.ndarray) -> np.ndarray:
-        rows = check_rows(item_rows, self.n_items_, "item")
-        return self.weights_[rows]
-
     # ---- persistence --------------------------------------------------------------------
     def _arrays(self) -> dict[str, np.ndarray]:
         return {
-            "weights": self.weights_,
+            **super()._arrays(),
             "lowpass_scale": np.asarray([self.lowpass_scale_], dtype=np.float64),
-            **csr_parts("user_items", self.user_items_),
         }
 
     def _restore(self, arrays: dict[str, np.ndarray]) -> None:
-        self.weights_ = np.ascontiguousarray(arrays["weights"], dtype=np.float32)
+        super()._restore(arrays)
         self.lowpass_scale_ = float(arrays["lowpass_scale"][0])
-        self.user_items_ = csr_from_parts("user_items", arrays)
 
 
 def _lowpass(
@@ -271,27 +236,3 @@ def _scale(x: sp.csr_matrix, weights: np.ndarray, low: np.ndarray) -> float:
     if not np.isfinite(spread_b) or not np.isfinite(spread_l) or spread_l <= 0:
         return 0.0
     return spread_b / spread_l
-
-
-def _spd_inverse(g: np.ndarray) -> np.ndarray:
-    """Inverse of a symmetric positive definite matrix through Cholesky (LAPACK potrf and
-    potri, in place): half the work of a general inverse and no second buffer."""
-    n = g.shape[0]
-    a = g.T  # the same symmetric matrix as a Fortran-ordered view: LAPACK needs no copy
-    potrf, potri = lapack.get_lapack_funcs(("potrf", "potri"), (a,))
-    c, info = potrf(a, lower=False, overwrite_a=True, clean=False)
-    if info != 0:
-        raise ValueError(f"EDLAE: the regularized Gram matrix is not positive definite ({info})")
-    inv, info = potri(c, lower=False, overwrite_c=True)
-    if info != 0:
-        raise ValueError(f"EDLAE: inverting the Gram matrix failed (LAPACK info {info})")
-    # potri fills one triangle; mirror it in blocks to avoid an n x n temporary.
-    step = 1024
-    for start in range(0, n, step):
-        stop = min(n, start + step)
-        inv[start:stop, :start] = inv[:start, start:stop].T
-        block = inv[start:stop, start:stop]
-        inv[start:stop, start:stop] = np.triu(block) + np.triu(block, 1).T
-    # Symmetric, so the C-ordered transpose view is the same matrix, without a copy.
-    result: np.ndarray = inv.T
-    return result

@@ -164,9 +164,7 @@ class Hybrid(Recommender):
         from sartor.recommend.models import MODELS
 
         path = Path(folder)
-        meta = json.loads((path / META_FILE).read_text())
-        if meta.get("model") != cls.name:
-            raise ValueError(f"{path} holds a {meta.get('model')!r} model, not {cls.name!r}")
+        meta = cls._read_meta(path)
         components: dict[str, Recommender] = {}
         for name, kind in meta["components"].items():
             if kind not in MODELS:
@@ -177,8 +175,7 @@ class Hybrid(Recommender):
         model._set_fitted(components, model._resolved_weights(list(components)))
         with np.load(path / ARRAYS_FILE, allow_pickle=False) as data:
             if ERASED_KEY in data.files:
-                model.erased_ = np.zeros(model.n_users_, dtype=bool)
-                model.erased_[data[ERASED_KEY]] = True
+                model._restore_erased(data[ERASED_KEY])
         return model
 
 

@@ -7,24 +7,14 @@ from typing import Any, Self
 import numpy as np
 import scipy.sparse as sp
 
-from sartor.recommend.base import (
-    Recommender,
-    as_interactions,
-    check_rows,
-    csr_from_parts,
-    csr_parts,
-)
-from sartor.recommend.models._linalg import (
-    knn_matrix,
-    row_norms,
-    sparse_rows_times,
-    weighted_row_sum,
-)
+from sartor.recommend.base import as_interactions
+from sartor.recommend.models._itemitem import SparseItemItem
+from sartor.recommend.models._linalg import knn_matrix, row_norms
 
 SIMILARITIES = ("cosine", "bm25")
 
 
-class ItemKNN(Recommender):
+class ItemKNN(SparseItemItem):
     """Item-item nearest neighbours over the users x items matrix.
 
     ``similarity="cosine"``: ``s(i, j) = <x_i, x_j> / (|x_i| |x_j| + shrinkage)`` over the
@@ -88,28 +78,6 @@ class ItemKNN(Recommender):
         self.user_items_ = x
         self.n_users_, self.n_items_ = x.shape
         return self
-
-    def score_users(self, user_rows: np.ndarray) -> np.ndarray:
-        rows = check_rows(user_rows, self.n_users_, "user")
-        return sparse_rows_times(self.user_items_, rows, self.similarity_)
-
-    def score_history(self, item_rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        items = check_rows(item_rows, self.n_items_, "item")
-        return weighted_row_sum(self.similarity_, items, np.asarray(weights, dtype=np.float64))
-
-    def similar_scores(self, item_rows: np.ndarray) -> np.ndarray:
-        rows = check_rows(item_rows, self.n_items_, "item")
-        return np.asarray(self.similarity_[rows].toarray(), dtype=np.float64)
-
-    def _arrays(self) -> dict[str, np.ndarray]:
-        return {
-            **csr_parts("similarity", self.similarity_),
-            **csr_parts("user_items", self.user_items_),
-        }
-
-    def _restore(self, arrays: dict[str, np.ndarray]) -> None:
-        self.similarity_ = csr_from_parts("similarity", arrays)
-        self.user_items_ = csr_from_parts("user_items", arrays)
 
 
 def bm25_weight(docs: sp.csr_matrix, k1: float, b: float) -> sp.csr_matrix:

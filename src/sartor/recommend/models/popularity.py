@@ -13,7 +13,6 @@ from sartor.recommend.base import (
     check_rows,
     csr_from_parts,
     csr_parts,
-    top_k,
 )
 
 DAY_MS = 86_400_000.0
@@ -166,10 +165,7 @@ class Popularity(Recommender):
         self, scores: np.ndarray, k: int, exclude_items: np.ndarray | list[int] | None
     ) -> tuple[np.ndarray, np.ndarray]:
         scores[scores <= 0] = -np.inf
-        if exclude_items is not None:
-            scores[check_rows(exclude_items, self.n_items_, "item")] = -np.inf
-        ids, sc = top_k(scores[None, :], k)
-        return ids[0], sc[0]
+        return self._top_items(scores, k, exclude_items)
 
     # ---- erasure and persistence --------------------------------------------------
     def _forget(self, user_rows: np.ndarray) -> None:

@@ -9,22 +9,12 @@ from typing import Any, Self
 import numpy as np
 import scipy.sparse as sp
 
-from sartor.recommend.base import (
-    Recommender,
-    as_interactions,
-    check_rows,
-    csr_from_parts,
-    csr_parts,
-)
-from sartor.recommend.models._linalg import (
-    gram_blocks,
-    sparse_rows_times,
-    top_k_sparse,
-    weighted_row_sum,
-)
+from sartor.recommend.base import as_interactions
+from sartor.recommend.models._itemitem import SparseItemItem
+from sartor.recommend.models._linalg import top_k_gram
 
 
-class RP3beta(Recommender):
+class RP3beta(SparseItemItem):
     """Item-item weights from a walk item -> user -> item, penalized by popularity.
 
     With ``P_iu = x_ui / d_i`` (item to user: the item's row of ``X^T`` over its degree) and
@@ -63,28 +53,6 @@ class RP3beta(Recommender):
         self.n_users_, self.n_items_ = x.shape
         return self
 
-    def score_users(self, user_rows: np.ndarray) -> np.ndarray:
-        rows = check_rows(user_rows, self.n_users_, "user")
-        return sparse_rows_times(self.user_items_, rows, self.similarity_)
-
-    def score_history(self, item_rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        items = check_rows(item_rows, self.n_items_, "item")
-        return weighted_row_sum(self.similarity_, items, np.asarray(weights, dtype=np.float64))
-
-    def similar_scores(self, item_rows: np.ndarray) -> np.ndarray:
-        rows = check_rows(item_rows, self.n_items_, "item")
-        return np.asarray(self.similarity_[rows].toarray(), dtype=np.float64)
-
-    def _arrays(self) -> dict[str, np.ndarray]:
-        return {
-            **csr_parts("similarity", self.similarity_),
-            **csr_parts("user_items", self.user_items_),
-        }
-
-    def _restore(self, arrays: dict[str, np.ndarray]) -> None:
-        self.similarity_ = csr_from_parts("similarity", arrays)
-        self.user_items_ = csr_from_parts("user_items", arrays)
-
 
 def _inverse_power(degrees: np.ndarray, power: float) -> np.ndarray:
     out = np.zeros_like(degrees)
@@ -101,7 +69,6 @@ def rp3beta_matrix(x: sp.csr_matrix, alpha: float, beta: float, k: int) -> sp.cs
     product, computed in row blocks and cut to the top ``k`` of each row as it goes.
     """
     x = x.tocsr().astype(np.float64)
-    n_items = x.shape[1]
     user_degree = np.asarray(x.sum(axis=1)).ravel()
     item_degree = np.asarray(x.sum(axis=0)).ravel()
     y = x.copy()
@@ -109,22 +76,9 @@ def rp3beta_matrix(x: sp.csr_matrix, alpha: float, beta: float, k: int) -> sp.cs
     y = sp.diags(_inverse_power(user_degree, alpha / 2.0)) @ y
     left = _inverse_power(item_degree, alpha).astype(np.float32)
     right = _inverse_power(item_degree, beta).astype(np.float32)
-    rows: list[np.ndarray] = []
-    cols: list[np.ndarray] = []
-    vals: list[np.ndarray] = []
-    for start, stop, block in gram_blocks(y.T.tocsr()):
+
+    def scale(start: int, stop: int, block: np.ndarray) -> None:
         block *= left[start:stop, None]
         block *= right[None, :]
-        r, c, v = top_k_sparse(block, start, k)
-        rows.append(r)
-        cols.append(c)
-        vals.append(v)
-    if not rows:
-        return sp.csr_matrix((n_items, n_items), dtype=np.float32)
-    out = sp.csr_matrix(
-        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-        shape=(n_items, n_items),
-        dtype=np.float32,
-    )
-    out.sort_indices()
-    return out
+
+    return top_k_gram(y.T.tocsr(), k, scale)
