@@ -96,10 +96,10 @@ def test_crm_upload_runs_as_a_job(client: Any, workspace: CreatedWorkspace, engi
         (5, "invalid_number"),
         (6, "duplicate_key"),
     ]
-    # The upload and its rejects are kept side by side in the job's folder.
+    # The upload is deleted when the job ends; its rejects stay in the job's folder.
     folder = Path(engine.settings.home) / "imports" / job["id"]
-    assert sorted(p.name for p in folder.iterdir()) == ["crm.csv", "crm.csv.rejects.jsonl"]
-    assert (folder / "crm.csv").read_bytes() == CRM
+    assert sorted(p.name for p in folder.iterdir()) == ["crm.csv.rejects.jsonl"]
+    assert done["sourceDeleted"] is True
 
     listed = client.get("/v1/imports", headers=bearer(admin)).json()["imports"]
     assert [j["id"] for j in listed] == [job["id"]]

@@ -119,9 +119,20 @@ class Settings(BaseSettings):
     import_max_upload_bytes: int = Field(
         1024**3, gt=0, description="Largest file accepted by POST /v1/imports (413 above)."
     )
+    import_retention_days: float = Field(
+        7.0,
+        description="Days an import job's rejects file (refused rows, which may hold personal "
+        "data) is kept before the scheduler deletes it; the upload itself goes when the job "
+        "ends.",
+    )
 
     @model_validator(mode="after")
     def _refuse_default_secret(self) -> Settings:
+        if not self.import_retention_days > 0:  # also refuses NaN
+            raise ValueError(
+                "SARTOR_IMPORT_RETENTION_DAYS must be a positive number of days, "
+                f"got {self.import_retention_days!r}"
+            )
         if self.env == "production" and self.secret_key == DEV_SECRET:
             raise ValueError(
                 "SARTOR_SECRET_KEY must be set to a private value when SARTOR_ENV=production"

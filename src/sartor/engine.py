@@ -537,13 +537,9 @@ class Engine:
             # bus entries and memberships under its own id, which is derived from one of the
             # identities it brought along: erase under those ids too.
             key = derive_key(self.settings.secret_key, ws.id, "profile")
+            links = [link for pid in pids for link in profile_store.identities_of(conn, ws.id, pid)]
             traces = sorted(
-                set(pids)
-                | {
-                    profile_id_for(key, link["kind"], link["value"])
-                    for pid in pids
-                    for link in profile_store.identities_of(conn, ws.id, pid)
-                }
+                set(pids) | {profile_id_for(key, link["kind"], link["value"]) for link in links}
             )
             # Before the identities go: sticky documents are found by hashes of the ids.
             experiment_counts = self.experiments.erase(conn, ws.id, traces, [lookup])
@@ -564,6 +560,11 @@ class Engine:
                 counts["bus_entries"] = counts.get("bus_entries", 0) + redis_streams.erase_profile(
                     self.redis, self.settings.redis_namespace, ws.id, pid
                 )
+        # Raw rows of theirs in import rejects files still on disk (uploads go when their job
+        # ends): lines holding one of their ids, or an email whose hash is one.
+        counts["import_rejects"] = self.imports.scrub_rejects(
+            ws.id, {any_id, lookup, *(link["value"] for link in links)}
+        )
         return counts
 
     # -- recommendations ------------------------------------------------------------------

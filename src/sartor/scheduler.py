@@ -1,5 +1,6 @@
 """Periodic work of a running server: segment re-evaluation (lapsing users produce no event),
-daily size history, RFM, weekly behavioural clusters and recommendation model retraining.
+daily size history, RFM, weekly behavioural clusters, recommendation model retraining and
+the purge of import rejects files past their retention.
 Each job can also be run on demand."""
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class Scheduler:
             # Checked hourly; each workspace is re-clustered when its newest stored run is
             # older than the schedule, so restarts do not postpone the weekly run.
             "clusters": min(s.cluster_schedule_days * 86400, 3600),
+            # Rejects files past SARTOR_IMPORT_RETENTION_DAYS (by file age): checked hourly.
+            "imports": 3600,
         }
         if s.rec_retrain_hours > 0:
             # Checked hourly, like clusters: the newest stored version decides.
@@ -47,6 +50,12 @@ class Scheduler:
         return ran
 
     def _run(self, job: str, now: int, force: bool = False) -> None:
+        if job == "imports":  # the job folders of every workspace at once
+            try:
+                self.engine.imports.purge_rejects(now)
+            except Exception:
+                log.exception("scheduled %s failed", job)
+            return
         for ws in self.engine.workspaces():
             try:
                 if job == "segments":

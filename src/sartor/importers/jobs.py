@@ -10,7 +10,15 @@ uploaded file and, beside it, its rejects file. Life of a job::
 * A graceful stop (``Engine.close``) interrupts the import between rows and puts the job
   back to ``queued``; the next engine start (of any process on the database) runs it again
   from the start. That is safe because imports are idempotent: the rows already stored come
-  back as duplicates.
+  back as duplicates. Its upload is kept for that run.
+* When a job ends (done or failed, a crash included) its upload is deleted at once: the rows
+  are in the log, catalog and profiles now, and the file may hold personal data that
+  erasure could not reach otherwise. The job says so (``sourceDeleted``).
+* The rejects file is kept ``SARTOR_IMPORT_RETENTION_DAYS`` (the scheduler purges older
+  ones: :meth:`ImportJobs.purge_rejects`; the job says ``rejectsPurged``). Erasure removes
+  the erased person's lines from the rejects files still on disk
+  (:meth:`ImportJobs.scrub_rejects`), and a job ending after an erasure drops the lines of
+  suppressed (erased) ids from its rejects before anyone can download them.
 * A job left ``running`` by a crash (its process is gone, or its heartbeat is older than
   :data:`STALE_SECONDS`) is marked ``failed`` at the next engine start, with an error saying
   so. It is not re-run: a file that crashed the process once would crash it again.
@@ -27,16 +35,22 @@ import re
 import secrets
 import shutil
 import socket
+import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from sqlalchemy import delete, insert, select, update
 
 from sartor.clock import iso, now_ms
+from sartor.collect.ingest import suppression_hashes
+from sartor.privacy.pii import HASH_PREFIX, derive_key, keyed_hash, normalize_pii
 from sartor.storage import db
-from sartor.storage.tables import import_jobs
+from sartor.storage.sql import chunks
+from sartor.storage.tables import import_jobs, suppressions
 
 if TYPE_CHECKING:
     from sartor.engine import Engine
@@ -193,8 +207,122 @@ class ImportJobs:
         job = self.get(workspace_id, job_id)
         if job is None:
             return None
-        path = self.folder(job_id) / f"{job['options']['file']}.rejects.jsonl"
+        path = self._rejects_path(job_id, job["options"]["file"])
         return path if path.is_file() else None
+
+    def _rejects_path(self, job_id: str, stored_name: str) -> Path:
+        return self.folder(job_id) / f"{stored_name}.rejects.jsonl"
+
+    # -- personal data in the job folders ------------------------------------------------
+
+    def _delete_source(self, job_id: str, options: dict[str, Any]) -> dict[str, Any]:
+        """Delete an ended job's upload; the options to store (saying it is gone)."""
+        try:
+            (self.folder(job_id) / options["file"]).unlink(missing_ok=True)
+        except OSError:
+            log.exception("the upload of import job %s could not be deleted", job_id)
+            return options
+        return {**options, "source_deleted": True}
+
+    def purge_rejects(self, now: int | None = None) -> int:
+        """Delete the rejects files of ended jobs older than ``SARTOR_IMPORT_RETENTION_DAYS``
+        (by the file's modification time); the jobs stay, marked ``rejects_purged``. An
+        upload still beside an ended job (from before uploads went at the end) goes too.
+        Returns the number of rejects files deleted."""
+        now = now_ms() if now is None else now
+        cutoff = now - self.engine.settings.import_retention_days * 86_400_000
+        t = import_jobs
+        with self.engine.db.connect() as conn:
+            rows = conn.execute(
+                select(t.c.id, t.c.options).where(t.c.status.in_((DONE, FAILED)))
+            ).all()
+        purged = 0
+        for job_id, stored in rows:
+            options = dict(stored or {})
+            if not JOB_ID_RE.match(job_id) or "file" not in options:
+                continue
+            if not options.get("source_deleted"):
+                # An upload left by a job that ended before uploads went at the end.
+                options = self._delete_source(job_id, options)
+            if not options.get("rejects_purged"):
+                path = self._rejects_path(job_id, str(options["file"]))
+                try:
+                    if path.stat().st_mtime * 1000 < cutoff:
+                        path.unlink()
+                        purged += 1
+                        options["rejects_purged"] = True
+                except FileNotFoundError:
+                    pass
+            if options != dict(stored or {}):
+                with db.write_tx(self.engine.db) as conn:
+                    conn.execute(update(t).where(t.c.id == job_id).values(options=options))
+        if purged:
+            log.info("purged %d import rejects files older than the retention", purged)
+        return purged
+
+    def scrub_rejects(self, workspace_id: str, values: Iterable[str]) -> int:
+        """Remove from the workspace's rejects files every line whose raw row holds one of
+        ``values`` (a person's ids and email hashes, at erasure). Returns the lines removed.
+
+        A job still running is left to :meth:`_drop_suppressed`, run when it ends (its
+        writer holds the file open)."""
+        targets = {v for v in values if v}
+        if not targets:
+            return 0
+        key = derive_key(self.engine.settings.secret_key, workspace_id, "pii")
+        t = import_jobs
+        with self.engine.db.connect() as conn:
+            rows = conn.execute(
+                select(t.c.id, t.c.options).where(
+                    t.c.workspace_id == workspace_id, t.c.status != RUNNING
+                )
+            ).all()
+        removed = 0
+        for job_id, options in rows:
+            if not JOB_ID_RE.match(job_id):
+                continue
+            path = self._rejects_path(job_id, str((options or {}).get("file", "")))
+            removed += _rewrite_without(
+                path, lambda row: not targets.isdisjoint(_row_values(row, key))
+            )
+        return removed
+
+    def _drop_suppressed(self, workspace_id: str, path: Path) -> int:
+        """Remove from a rejects file the lines of ids erased (suppressed) in the workspace,
+        so a person erased while the job ran is not left in its rejects."""
+        if not path.is_file():
+            return 0
+        with self.engine.db.connect() as conn:
+            if (
+                conn.execute(
+                    select(suppressions.c.id_hash)
+                    .where(suppressions.c.workspace_id == workspace_id)
+                    .limit(1)
+                ).first()
+                is None
+            ):
+                return 0
+        secret = self.engine.settings.secret_key
+        key = derive_key(secret, workspace_id, "pii")
+        candidates: set[str] = set()
+        for row in _rows_of(path):
+            candidates |= _row_values(row, key)
+        hashes = suppression_hashes(secret, workspace_id, sorted(candidates))
+        suppressed_hashes: set[str] = set()
+        with self.engine.db.connect() as conn:
+            for part in chunks(sorted(set(hashes.values())), 500):
+                suppressed_hashes.update(
+                    conn.execute(
+                        select(suppressions.c.id_hash).where(
+                            suppressions.c.workspace_id == workspace_id,
+                            suppressions.c.id_hash.in_(part),
+                        )
+                    ).scalars()
+                )
+        erased = {v for v, h in hashes.items() if h in suppressed_hashes}
+        if not erased:
+            return 0
+        return _rewrite_without(path, lambda row: not erased.isdisjoint(_row_values(row, key)))
 
     def delete(self, workspace_id: str, job_id: str) -> bool | None:
         """Remove a finished job, its upload and its rejects (they may hold personal data).
@@ -258,6 +386,16 @@ class ImportJobs:
             if result.rowcount:
                 failed += 1
                 log.warning("import job %s was left running by a crash: marked failed", job_id)
+                # Ended: its upload goes (the error tells the user to upload it again).
+                kept = dict(options or {})
+                kept.pop("runner", None)
+                if "file" in kept:
+                    with db.write_tx(self.engine.db) as conn:
+                        conn.execute(
+                            update(t)
+                            .where(t.c.id == job_id)
+                            .values(options=self._delete_source(job_id, kept))
+                        )
         return failed
 
     def _is_dead(self, runner: str, age_ms: int) -> bool:
@@ -358,29 +496,49 @@ class ImportJobs:
                 progress=progress,
             )
         except JobInterrupted:
+            # The upload stays: the next start runs the job again from it.
             self._set(job_id, status=QUEUED, counts={})
             log.info("import job %s interrupted by shutdown: queued again", job_id)
             return
         except (ValueError, LookupError, OSError) as exc:
             # ImportConfigError, SourceError and MappingError are ValueErrors; an unknown
             # workspace is a LookupError: the user's to fix, said as it is.
-            self._set(job_id, status=FAILED, error=str(exc), counts={"read": progress.read})
             log.info("import job %s failed: %s", job_id, exc)
+            self._end(row, job_id, status=FAILED, error=str(exc), counts={"read": progress.read})
             return
         except Exception as exc:
             log.exception("import job %s failed", job_id)
-            self._set(
+            self._end(
+                row,
                 job_id,
                 status=FAILED,
                 error=f"{type(exc).__name__}: {exc}",
                 counts={"read": progress.read},
             )
             return
-        self._set(job_id, status=DONE, counts=_counts(summary))
+        self._end(row, job_id, status=DONE, counts=_counts(summary))
         log.info("import job %s done: %s", job_id, _counts(summary))
+
+    def _end(self, row: Any, job_id: str, **values: Any) -> None:
+        """A run ended (done or failed): delete the upload, drop the rejects lines of ids
+        erased meanwhile, store the outcome."""
+        options = dict(row.options or {})
+        self._end_files(row.workspace_id, job_id, options["file"])
+        self._set(job_id, options=self._delete_source(job_id, options), **values)
+        # Again once the job is no longer running: an erasure committed between the first
+        # check and now skipped this job's rejects (Engine.erase_user leaves running jobs
+        # to this check).
+        self._end_files(row.workspace_id, job_id, options["file"])
 
     def _progress(self, job_id: str) -> _Progress:
         return _Progress(self, job_id)
+
+    def _end_files(self, workspace_id: str, job_id: str, stored_name: str) -> None:
+        """At the end of a run: drop the rejects lines of ids erased meanwhile."""
+        try:
+            self._drop_suppressed(workspace_id, self._rejects_path(job_id, stored_name))
+        except Exception:
+            log.exception("the rejects of import job %s could not be checked", job_id)
 
 
 class _Progress:
@@ -411,9 +569,86 @@ def _counts(summary: ImportSummary) -> dict[str, Any]:
     return doc
 
 
+def _rows_of(path: Path) -> Iterator[Any]:
+    """The raw rows of a rejects file (a line that does not parse counts as no row)."""
+    try:
+        fh = path.open("rb")
+    except FileNotFoundError:
+        return
+    with fh:
+        for line in fh:
+            try:
+                yield orjson.loads(line).get("row")
+            except (orjson.JSONDecodeError, AttributeError):
+                continue
+
+
+def _row_values(row: Any, pii_key: bytes) -> set[str]:
+    """Every value a raw row holds that can name a person: its strings and numbers (as
+    text, trimmed), and for what looks like an email the keyed hash identities store."""
+    out: set[str] = set()
+    stack = [row]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, str):
+            text = value.strip()
+            if not text:
+                continue
+            out.add(text)
+            if text.startswith(HASH_PREFIX):
+                out.add(text.removeprefix(HASH_PREFIX))
+            elif "@" in text:
+                out.add(normalize_pii("email", text))
+                out.add(keyed_hash(pii_key, normalize_pii("email", text)))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out.add(str(value))
+    return out
+
+
+def _rewrite_without(path: Path, drop: Callable[[Any], bool]) -> int:
+    """Rewrite a rejects file without the lines whose row ``drop`` says, atomically (a
+    temporary file beside it, then ``os.replace``). Returns the lines removed."""
+    try:
+        fh = path.open("rb")
+    except FileNotFoundError:
+        return 0
+    removed = 0
+    kept: list[bytes] = []
+    with fh:
+        for line in fh:
+            try:
+                row = orjson.loads(line).get("row")
+            except (orjson.JSONDecodeError, AttributeError):
+                kept.append(line)
+                continue
+            if drop(row):
+                removed += 1
+            else:
+                kept.append(line)
+    if not removed:
+        return 0
+    fd, tmp = tempfile.mkstemp(prefix=".scrub-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.writelines(kept)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return removed
+
+
 def _document(row: Any) -> dict[str, Any]:
     options = dict(row.options or {})
     options.pop("runner", None)
+    source_deleted = bool(options.pop("source_deleted", False))
+    rejects_purged = bool(options.pop("rejects_purged", False))
     return {
         "id": row.id,
         "kind": row.kind,
@@ -421,6 +656,9 @@ def _document(row: Any) -> dict[str, Any]:
         "status": row.status,
         "counts": row.counts or {},
         "error": row.error,
+        # The upload is deleted when the job ends; the rejects after the retention period.
+        "sourceDeleted": source_deleted,
+        "rejectsPurged": rejects_purged,
         "options": options,
         "createdAt": iso(row.created_at),
         "updatedAt": iso(row.updated_at),

@@ -214,8 +214,9 @@ _UPLOAD_SCHEMA = {
 async def create_import(request: Request, workspace: AdminWorkspace, engine: EngineDep) -> Response:
     """Multipart fields: `file` (required), `kind` (events, profiles, items, social),
     optional `preset`, `mapping` (a YAML/JSON file or JSON text) and `format`. Answers 202
-    with the queued job; poll `GET /v1/imports/{id}`. Refused rows are kept beside the
-    upload (`GET /v1/imports/{id}/rejects`)."""
+    with the queued job; poll `GET /v1/imports/{id}`. The upload is deleted when the job
+    ends; refused rows are kept `SARTOR_IMPORT_RETENTION_DAYS`
+    (`GET /v1/imports/{id}/rejects`)."""
     limit = engine.settings.import_max_upload_bytes
     content_type = request.headers.get("content-type", "")
     media, params = parse_options_header(content_type)
@@ -335,14 +336,15 @@ def _job(engine: Engine, workspace_id: str, job_id: str) -> dict[str, Any]:
 @router.get("/{job_id}", summary="Status and counts of an import job")
 def get_import(job_id: str, workspace: AdminWorkspace, engine: EngineDep) -> Response:
     """`status` is queued, running (with `counts.read` so far), done (with the summary:
-    read, imported, duplicates, rejected by reason) or failed (with `error`)."""
+    read, imported, duplicates, rejected by reason) or failed (with `error`). Once it
+    ended, `sourceDeleted` is true: the upload is deleted (upload it again to re-run)."""
     return json_response(_present(_job(engine, workspace.id, job_id)))
 
 
 @router.get("/{job_id}/rejects", summary="The refused rows of an import job (JSON lines)")
 def get_rejects(job_id: str, workspace: AdminWorkspace, engine: EngineDep) -> Response:
     """One JSON object per refused row: `line`, `reason`, `field`, `row`. Empty when the
-    job refused nothing (yet)."""
+    job refused nothing (yet), or its rejects were purged (`rejectsPurged`)."""
     job = _job(engine, workspace.id, job_id)
     path = engine.imports.rejects_file(workspace.id, job["id"])
     if path is None:
@@ -356,8 +358,9 @@ def get_rejects(job_id: str, workspace: AdminWorkspace, engine: EngineDep) -> Re
 
 @router.delete("/{job_id}", status_code=204, summary="Delete a finished job and its files")
 def delete_import(job_id: str, workspace: AdminWorkspace, engine: EngineDep) -> Response:
-    """Removes the job, the uploaded file and its rejects (uploads are kept until then, and
-    may hold personal data). 409 while the job is queued or running."""
+    """Removes the job and its rejects file (the upload went when the job ended; rejects
+    are kept `SARTOR_IMPORT_RETENTION_DAYS` otherwise). 409 while the job is queued or
+    running."""
     job = _job(engine, workspace.id, job_id)
     if engine.imports.delete(workspace.id, job["id"]) is False:
         raise ApiError(409, "conflict", f"import job {job_id!r} is {job['status']}; wait for it")
