@@ -49,6 +49,12 @@ def _settings(ctx: typer.Context) -> Settings:
     return settings
 
 
+def _exit(message: str, code: int) -> typer.Exit:
+    """Print ``message`` (Rich markup) on stderr; the exit to raise with that ``code``."""
+    err.print(message)
+    return typer.Exit(code)
+
+
 @contextmanager
 def _step_bar(
     first: str, unit: str = "", prefix: str = ""
@@ -94,8 +100,7 @@ def main_options(
         base = get_settings()
         ctx.obj = base.model_copy(update=overrides) if overrides else base
     except ValueError as exc:
-        err.print(f"[red]configuration error:[/red] {exc}")
-        raise typer.Exit(2) from None
+        raise _exit(f"[red]configuration error:[/red] {exc}", 2) from None
 
 
 def _tune_gc() -> None:
@@ -210,8 +215,7 @@ def rebuild(
         try:
             n = engine.rebuild(workspace, advance)
         except NotFound as exc:
-            err.print(f"[red]{exc}[/red]")
-            raise typer.Exit(1) from None
+            raise _exit(f"[red]{exc}[/red]", 1) from None
     console.print(f"{n} profiles rebuilt from the log")
 
 
@@ -238,14 +242,12 @@ def workspace_create(
 ) -> None:
     """Create a workspace and print its write, read and admin keys (shown only once)."""
     if consent_mode not in ("opt_in", "opt_out"):
-        err.print("[red]--consent-mode must be opt_in or opt_out[/red]")
-        raise typer.Exit(2)
+        raise _exit("[red]--consent-mode must be opt_in or opt_out[/red]", 2)
     with _engine(ctx) as engine:
         try:
             created = engine.create_workspace(name, consent_mode=consent_mode)
         except Conflict as exc:
-            err.print(f"[red]{exc}[/red]")
-            raise typer.Exit(1) from None
+            raise _exit(f"[red]{exc}[/red]", 1) from None
     table = Table(title=f"workspace {name} ({created.workspace.id}), consent {consent_mode}")
     table.add_column("kind")
     table.add_column("key")
@@ -296,8 +298,7 @@ def events_tail(
         try:
             rows = engine.events(workspace, limit=lines, user=user, newest=True)
         except NotFound as exc:
-            err.print(f"[red]{exc}[/red]")
-            raise typer.Exit(1) from None
+            raise _exit(f"[red]{exc}[/red]", 1) from None
         for ev in rows:
             _print_event(ev, json)
         after = rows[-1]["seq"] if rows else 0
@@ -322,8 +323,7 @@ def user_export(ctx: typer.Context, workspace: str, user_id: str) -> None:
                 ).decode()
             )
         except NotFound as exc:
-            err.print(f"[red]{exc}[/red]")
-            raise typer.Exit(1) from None
+            raise _exit(f"[red]{exc}[/red]", 1) from None
 
 
 @users_app.command("erase")
@@ -347,16 +347,14 @@ def _definition(text: str) -> Any:
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        err.print(f"[red]definition is not valid JSON:[/red] {exc}")
-        raise typer.Exit(2) from None
+        raise _exit(f"[red]definition is not valid JSON:[/red] {exc}", 2) from None
 
 
 def _workspace_id(engine: Engine, ref: str) -> str:
     try:
         return engine.workspace(ref).id
     except NotFound as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+        raise _exit(f"[red]{exc}[/red]", 1) from None
 
 
 @segment_app.command("list")
@@ -408,8 +406,7 @@ def segment_save(
                 progress=lambda done, total: progress.update(task, completed=done, total=total),
             )
         except FieldError as exc:
-            err.print(f"[red]{exc}[/red]")
-            raise typer.Exit(2) from None
+            raise _exit(f"[red]{exc}[/red]", 2) from None
     console.print(f"segment {doc['key']}: {doc['size']} members")
 
 
@@ -428,8 +425,7 @@ def segment_preview(
                 _workspace_id(engine, workspace), _definition(definition)
             )
         except FieldError as exc:
-            err.print(f"[red]{exc}[/red]")
-            raise typer.Exit(2) from None
+            raise _exit(f"[red]{exc}[/red]", 2) from None
     console.print(result)
 
 
@@ -438,8 +434,7 @@ def segment_delete(ctx: typer.Context, workspace: str, key: str) -> None:
     """Delete a segment and its memberships."""
     with _engine(ctx) as engine:
         if not engine.segments.delete(_workspace_id(engine, workspace), key):
-            err.print(f"[red]no segment {key!r}[/red]")
-            raise typer.Exit(1)
+            raise _exit(f"[red]no segment {key!r}[/red]", 1)
     console.print(f"deleted {key}")
 
 
@@ -459,8 +454,7 @@ def segment_members(
     with _engine(ctx) as engine:
         ws = _workspace_id(engine, workspace)
         if engine.segments.get(ws, key) is None:
-            err.print(f"[red]no segment {key!r}[/red]")
-            raise typer.Exit(1)
+            raise _exit(f"[red]no segment {key!r}[/red]", 1)
         if csv_out is None:
             page, _ = engine.segments.members(ws, key, None, limit)
             for m in page:
@@ -492,13 +486,11 @@ def segment_cluster(
     from sartor.segments.clustering import run_clustering
 
     if algorithm not in ("kmeans", "minibatch_kmeans", "dbscan", "hdbscan", "gmm"):
-        err.print(f"[red]unknown algorithm {algorithm!r}[/red]")
-        raise typer.Exit(2)
+        raise _exit(f"[red]unknown algorithm {algorithm!r}[/red]", 2)
     with _engine(ctx) as engine, console.status("clustering profiles"):
         run = run_clustering(engine, _workspace_id(engine, workspace), algorithm, random_state)
     if run is None:
-        err.print("[yellow]too few profiles with behaviour to cluster[/yellow]")
-        raise typer.Exit(1)
+        raise _exit("[yellow]too few profiles with behaviour to cluster[/yellow]", 1)
     console.print({k: run[k] for k in ("id", "algorithm", "metrics") if k in run})
     table = Table("cluster", "size")
     for c in run.get("clusters", []):
@@ -548,8 +540,7 @@ def train(
             try:
                 results = engine.train(ws_id, model, progress=report)
             except ValueError as exc:
-                err.print(f"[red]{exc}[/red]")
-                raise typer.Exit(2) from None
+                raise _exit(f"[red]{exc}[/red]", 2) from None
     table = Table("slot", "model", "version", "seconds", "note")
     for r in results:
         table.add_row(
@@ -593,8 +584,7 @@ def models_activate(ctx: typer.Context, workspace: str, slot: str, version: int)
         try:
             engine.models.activate(_workspace_id(engine, workspace), slot, version)
         except (LookupError, ValueError) as exc:
-            err.print(f"[red]{exc}[/red]")
-            raise typer.Exit(1) from None
+            raise _exit(f"[red]{exc}[/red]", 1) from None
     console.print(f"{slot} v{version} is active")
 
 
@@ -606,11 +596,9 @@ def _experiment_call(engine: Engine, fn: Any, *args: Any) -> Any:
     try:
         return fn(*args)
     except FieldError as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+        raise _exit(f"[red]{exc}[/red]", 2) from None
     except (ExperimentNotFound, ExperimentConflict, NotFound) as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+        raise _exit(f"[red]{exc}[/red]", 1) from None
 
 
 @experiment_app.command("list")
@@ -642,8 +630,7 @@ def experiment_create(
     try:
         body = orjson.loads(definition.read_bytes())
     except (OSError, orjson.JSONDecodeError) as exc:
-        err.print(f"[red]cannot read {definition}:[/red] {exc}")
-        raise typer.Exit(2) from None
+        raise _exit(f"[red]cannot read {definition}:[/red] {exc}", 2) from None
     with _engine(ctx) as engine:
         doc = _experiment_call(engine, engine.experiments.create, workspace, body)
     console.print(f"experiment {doc['key']} created ({doc['status']})")
@@ -772,8 +759,7 @@ def evaluate(
                 progress=report,
             )
     except EvaluationError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+        raise _exit(f"[red]error:[/red] {exc}", 2) from None
     s = result.stats
     summary = (
         f"{s['users']:,} users, {s['items']:,} items, {s['interactions']:,} interactions "
@@ -934,11 +920,9 @@ def run_import_command(
                 options=options,
             )
         except NotFound as exc:
-            err.print(f"[red]{exc}[/red]")
-            raise typer.Exit(1) from None
+            raise _exit(f"[red]{exc}[/red]", 1) from None
         except (ImportConfigError, MappingError, SourceError) as exc:
-            err.print(f"[red]import refused:[/red] {exc}")
-            raise typer.Exit(2) from None
+            raise _exit(f"[red]import refused:[/red] {exc}", 2) from None
 
 
 @import_app.command("events")
