@@ -504,9 +504,11 @@ def bench_fold_pg(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                     while not stop.is_set():
                         msg = ps.get_message(timeout=0.2)
                         if msg and msg["type"] == "pmessage":
-                            doc = orjson.loads(msg["data"])
-                            if doc.get("type") == "profile.updated":
-                                seen.saw(time.perf_counter(), doc["profileId"], doc["lastSeq"])
+                            t = time.perf_counter()
+                            data = orjson.loads(msg["data"])  # an array of stream messages
+                            for doc in data if isinstance(data, list) else [data]:
+                                if doc.get("type") == "profile.updated":
+                                    seen.saw(t, doc["profileId"], doc["lastSeq"])
 
                 listener = threading.Thread(target=listen, daemon=True)
                 listener.start()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
@@ -506,6 +507,41 @@ def test_a_dead_workers_entries_are_reclaimed(
         workers.stop()
 
 
+@pytest.mark.integration
+def test_a_backlog_of_pending_entries_is_reclaimed_step_after_step(
+    redis_engine: Engine, redis_settings: Settings
+) -> None:
+    """Pending entries are looked for every half idle time, but a full claim looks again at
+    the next step: a dead worker's backlog larger than one claim is taken without waiting."""
+    client = redis_engine.redis
+    assert client is not None
+    stream = stream_key(redis_settings.redis_namespace)
+    worker = RedisStreamWorker(
+        redis_engine.updater,
+        client,
+        namespace=redis_settings.redis_namespace,
+        name="survivor",
+        block_ms=10,
+        claim_idle_ms=100,
+        count=2,
+    )
+    worker.ensure_group()
+    for _ in range(6):
+        client.xadd(stream, {"pairs": orjson.dumps([]), "seq": 0})
+    client.xreadgroup(GROUP, "dead", {stream: ">"}, count=100)
+    time.sleep(0.15)
+    for _ in range(3):
+        worker.run_once()
+    assert worker.processed == 6 and client.xpending(stream, GROUP)["pending"] == 0
+
+    client.xadd(stream, {"pairs": orjson.dumps([]), "seq": 0})
+    client.xreadgroup(GROUP, "dead", {stream: ">"}, count=100)
+    worker.run_once()  # claimed nothing a moment ago: does not look again yet
+    time.sleep(0.15)
+    worker.run_once()
+    assert worker.processed == 7 and client.xpending(stream, GROUP)["pending"] == 0
+
+
 # -- the fold states kept in memory ------------------------------------------------------------
 
 
@@ -721,7 +757,117 @@ def test_hot_user_refresh_with_redis_hot_state(redis_engine: Engine) -> None:
     _refresh_rule(redis_engine)
 
 
+@pytest.mark.integration
+def test_redis_hot_state_batch_matches_one_by_one(redis_namespace: str) -> None:
+    """``update_many`` (one script call a batch) does what ``push_recent`` + ``record`` do
+    one profile at a time: the same counts, windows and recent items; ``None`` items leave
+    the recent items alone; thousands of interactions at once; older recent lists read."""
+    import redis
+
+    client = redis.Redis.from_url(require_redis())
+    batch, single = (
+        RedisHotState(client, f"{redis_namespace}-b"),
+        RedisHotState(client, f"{redis_namespace}-s"),
+    )
+    try:
+        now, window = 10_000_000, 60_000
+        items = [
+            {"product_id": f"p{i}", "action": "viewed", "at": now - i, "mid": f"m{i}"}
+            for i in range(60)
+        ]
+        stamps = {
+            "a": [("a1", now), ("a2", now - window - 1), ("a3", now + window + 1), ("a1", now - 5)],
+            "b": [(f"b{i}", now - i) for i in range(2_500)],  # several ZADD calls in the script
+            "c": [],
+        }
+        updates = [
+            ("ws", pid, items[:n], stamps[pid]) for pid, n in (("a", 60), ("b", 3), ("c", 0))
+        ]
+        counts = batch.update_many(updates, 50, now, window)
+        expected = []
+        for ws, pid, recent, st_ in updates:
+            single.push_recent(ws, pid, recent, 50)
+            expected.append(single.record(ws, pid, st_, now, window))
+        assert counts == expected == [1, 2_500, 0]
+        for pid in ("a", "b", "c"):
+            assert batch.recent("ws", pid) == single.recent("ws", pid)
+        assert batch.recent("ws", "a") == items[:50]
+        assert client.zscore(f"{redis_namespace}-b:window:ws:a", "a1") == now - 5  # the last wins
+        assert 0 < client.pttl(f"{redis_namespace}-b:window:ws:b") <= 2 * window
+
+        # Unchanged recent items are not sent: what is stored stays.
+        assert batch.update_many([("ws", "a", None, [("a4", now)])], 50, now, window) == [2]
+        assert batch.recent("ws", "a") == items[:50]
+
+        # Recent items an older version kept as a list are still read, then replaced.
+        old = f"{redis_namespace}-b:recent:ws:d"
+        client.rpush(old, *[orjson.dumps(i) for i in items[:2]])
+        assert batch.recent("ws", "d") == items[:2]
+        batch.push_recent("ws", "d", items[2:4], 50)
+        assert batch.recent("ws", "d") == items[2:4] and not client.exists(old)
+        batch.erase("ws", "a")
+        assert batch.recent("ws", "a") == [] and not client.exists(
+            f"{redis_namespace}-b:window:ws:a"
+        )
+    finally:
+        for prefix in (f"{redis_namespace}-b", f"{redis_namespace}-s"):
+            for key in client.scan_iter(f"{prefix}:*", count=1000):
+                client.delete(key)
+        client.close()
+
+
 # -- the WebSocket stream ----------------------------------------------------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_stream_through_redis_batches_in_order(redis_namespace: str) -> None:
+    """With Redis, what one process publishes reaches another's subscribers in order, a
+    whole batch in one Redis message per workspace; a single message (an older publisher)
+    is still delivered."""
+    import asyncio
+
+    from sartor.bus.broadcast import Broadcaster
+
+    publisher = Broadcaster(redis_streams.connect(require_redis()), redis_namespace)
+    listener_client = redis_streams.connect(require_redis())
+    listener = Broadcaster(listener_client, redis_namespace)
+
+    raw = listener_client.pubsub(ignore_subscribe_messages=True)
+    raw.psubscribe(f"{redis_namespace}:stream:*")
+
+    async def scenario() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        qa, qb = listener.subscribe("ws-a"), listener.subscribe("ws-b")
+        await asyncio.sleep(0.3)  # the pattern subscription is in place
+        for i in range(5):
+            publisher.publish_many("ws-a", [{"n": i, "k": j} for j in range(3)])
+            publisher.publish("ws-b", {"n": i})
+        listener_client.publish(f"{redis_namespace}:stream:ws-b", orjson.dumps({"n": "old"}))
+        got_a = [await asyncio.wait_for(qa.get(), 10) for _ in range(15)]
+        got_b = [await asyncio.wait_for(qb.get(), 10) for _ in range(6)]
+        return got_a, got_b
+
+    try:
+        got_a, got_b = asyncio.run(scenario())
+    finally:
+        publisher.close()
+        listener.close()
+    assert got_a == [{"n": i, "k": j} for i in range(5) for j in range(3)]
+    # Each Redis message of the publisher is an array of stream messages.
+    sent: list[Any] = []
+    deadline = time.monotonic() + 10
+    while len(sent) < 21 and time.monotonic() < deadline:  # at most 21 messages
+        msg = raw.get_message(timeout=0.5)
+        if msg is not None:
+            sent.append(orjson.loads(msg["data"]))
+        elif sum(len(m) for m in sent if isinstance(m, list)) == 20 and {"n": "old"} in sent:
+            break
+    raw.close()
+    batches = [m for m in sent if m != {"n": "old"}]
+    assert all(isinstance(m, list) for m in batches) and sum(map(len, batches)) == 20
+    # (the publisher sends from its own thread: the direct publish may come first)
+    assert [m for m in got_b if m["n"] != "old"] == [{"n": i} for i in range(5)]
+    assert {"n": "old"} in got_b
 
 
 @pytest.mark.timeout(60)

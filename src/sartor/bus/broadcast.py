@@ -47,8 +47,7 @@ class Broadcaster:
         if not messages:
             return
         if self.redis is None:
-            for message in messages:
-                self._deliver(workspace_id, message)
+            self._deliver_many(workspace_id, messages)
             return
         with self._lock:
             if self._closed:
@@ -81,23 +80,35 @@ class Broadcaster:
                 return
 
     def _send(self, items: list[tuple[str, dict[str, Any]]]) -> None:
+        """One Redis message per workspace for what has queued: a JSON array of the
+        messages, in order (one publish and, in every listening process, one message to
+        receive and decode, instead of one per event and per profile change)."""
+        by_ws: dict[str, list[dict[str, Any]]] = {}
+        for workspace_id, message in items:
+            by_ws.setdefault(workspace_id, []).append(message)
         try:
             assert self.redis is not None
-            pipe = self.redis.pipeline(transaction=False)
-            for workspace_id, message in items:
-                pipe.publish(self.channel + workspace_id, orjson.dumps(message))
-            pipe.execute()
+            if len(by_ws) == 1:
+                [(workspace_id, messages)] = by_ws.items()
+                self.redis.publish(self.channel + workspace_id, orjson.dumps(messages))
+            else:
+                pipe = self.redis.pipeline(transaction=False)
+                for workspace_id, messages in by_ws.items():
+                    pipe.publish(self.channel + workspace_id, orjson.dumps(messages))
+                pipe.execute()
         except Exception:
             log.warning("stream publish to Redis failed; delivering locally", exc_info=True)
-            for workspace_id, message in items:
-                self._deliver(workspace_id, message)
+            for workspace_id, messages in by_ws.items():
+                self._deliver_many(workspace_id, messages)
 
-    def _deliver(self, workspace_id: str, message: dict[str, Any]) -> None:
+    def _deliver_many(self, workspace_id: str, messages: list[dict[str, Any]]) -> None:
+        """To each subscriber's loop, in one call for all the messages (waking an event
+        loop from another thread costs a system call)."""
         with self._lock:
             subs = list(self._subs.get(workspace_id, ()))
         for loop, q in subs:
             try:
-                loop.call_soon_threadsafe(_offer, q, message)
+                loop.call_soon_threadsafe(_offer_many, q, messages)
             except RuntimeError:  # the subscriber's loop is closed
                 pass
 
@@ -136,7 +147,11 @@ class Broadcaster:
                 channel = (
                     msg["channel"].decode() if isinstance(msg["channel"], bytes) else msg["channel"]
                 )
-                self._deliver(channel[len(self.channel) :], orjson.loads(msg["data"]))
+                data = orjson.loads(msg["data"])
+                # An array of messages (see _send), or one message (an older publisher).
+                self._deliver_many(
+                    channel[len(self.channel) :], data if isinstance(data, list) else [data]
+                )
 
     def close(self) -> None:
         """Send what is queued, then stop listening."""
@@ -158,3 +173,8 @@ def _offer(q: asyncio.Queue[dict[str, Any]], message: dict[str, Any]) -> None:
     if q.full():  # a slow client loses its oldest message, never blocks the engine
         q.get_nowait()
     q.put_nowait(message)
+
+
+def _offer_many(q: asyncio.Queue[dict[str, Any]], messages: list[dict[str, Any]]) -> None:
+    for message in messages:
+        _offer(q, message)

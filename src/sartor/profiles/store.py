@@ -4,45 +4,76 @@ from __future__ import annotations
 
 import functools
 import statistics
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Executable, bindparam, func, select, text, update
+from sqlalchemy import (
+    ARRAY,
+    ColumnElement,
+    Connection,
+    Executable,
+    String,
+    any_,
+    bindparam,
+    func,
+    select,
+    text,
+    update,
+)
 
 from sartor.clock import now_ms
 from sartor.profiles.folds import Doc, empty
 from sartor.storage.sql import chunks, insert_ignore
 from sartor.storage.tables import checkpoints, events, identities, profiles
 
+
+def ids_in(column: Any, pg: bool, name: str = "pids") -> ColumnElement[bool]:
+    """``column`` in the list bound as ``name``. On PostgreSQL one array parameter
+    (``= ANY``): the statement's text is then the same whatever the list's length, so
+    psycopg converts it once and, run often, prepares it on the server (no parse and plan
+    per batch); an expanding ``IN`` has a different text for each length. Elsewhere an
+    expanding ``IN``."""
+    if pg:
+        return column == any_(bindparam(name, type_=ARRAY(String)))
+    return column.in_(bindparam(name, expanding=True))
+
+
+class ByDialect:
+    """A statement built once per dialect kind (PostgreSQL, or the others)."""
+
+    def __init__(self, build: Callable[[bool], Executable]) -> None:
+        self.pg, self.other = build(True), build(False)
+
+    def __call__(self, conn: Connection) -> Executable:
+        return self.pg if conn.dialect.name == "postgresql" else self.other
+
+
 # Built once: building and hashing a statement on every batch costs more than running it.
-_LOCK = (
-    select(profiles.c.profile_id, profiles.c.last_seq, profiles.c.version, profiles.c.consent)
-    .where(
-        profiles.c.workspace_id == bindparam("ws"),
-        profiles.c.profile_id.in_(bindparam("pids", expanding=True)),
+_LOCK = ByDialect(
+    lambda pg: (
+        select(profiles.c.profile_id, profiles.c.last_seq, profiles.c.version, profiles.c.consent)
+        .where(profiles.c.workspace_id == bindparam("ws"), ids_in(profiles.c.profile_id, pg))
+        .order_by(profiles.c.profile_id)
+        .with_for_update()
     )
-    .order_by(profiles.c.profile_id)
-    .with_for_update()
 )
-_FOLD_STATES = select(
-    profiles.c.profile_id, profiles.c.computed, profiles.c.traits, profiles.c.last_seq
-).where(
-    profiles.c.workspace_id == bindparam("ws"),
-    profiles.c.profile_id.in_(bindparam("pids", expanding=True)),
+_FOLD_STATES = ByDialect(
+    lambda pg: select(
+        profiles.c.profile_id, profiles.c.computed, profiles.c.traits, profiles.c.last_seq
+    ).where(profiles.c.workspace_id == bindparam("ws"), ids_in(profiles.c.profile_id, pg))
 )
 
 
-_ROWS = select(
-    profiles.c.profile_id, profiles.c.last_seq, profiles.c.version, profiles.c.consent
-).where(
-    profiles.c.workspace_id == bindparam("ws"),
-    profiles.c.profile_id.in_(bindparam("pids", expanding=True)),
+_ROWS = ByDialect(
+    lambda pg: select(
+        profiles.c.profile_id, profiles.c.last_seq, profiles.c.version, profiles.c.consent
+    ).where(profiles.c.workspace_id == bindparam("ws"), ids_in(profiles.c.profile_id, pg))
 )
 
 
 def profile_rows(conn: Connection, workspace_id: str, pids: Sequence[str]) -> dict[str, Any]:
     """As :func:`lock_profiles`, without locking (to fold before taking the lock)."""
-    rows = conn.execute(_ROWS, {"ws": workspace_id, "pids": list(pids)})
+    rows = conn.execute(_ROWS(conn), {"ws": workspace_id, "pids": list(pids)})
     return {row.profile_id: row for row in rows}
 
 
@@ -51,7 +82,7 @@ def lock_profiles(conn: Connection, workspace_id: str, pids: Sequence[str]) -> d
     (SQLite's write transaction is already exclusive). Sorted ids keep two workers from
     deadlocking. The fold state is read apart (:func:`fold_states`): the updater often has
     it in memory already, and decoding it is the costly part of the row."""
-    rows = conn.execute(_LOCK, {"ws": workspace_id, "pids": sorted(pids)})
+    rows = conn.execute(_LOCK(conn), {"ws": workspace_id, "pids": sorted(pids)})
     return {row.profile_id: row for row in rows}
 
 
@@ -61,7 +92,7 @@ def fold_states(
     """The fold state and watermark of profiles (see :func:`doc_of`)."""
     out: dict[str, tuple[Doc, int]] = {}
     for part in chunks(list(pids)):
-        rows = conn.execute(_FOLD_STATES, {"ws": workspace_id, "pids": part})
+        rows = conn.execute(_FOLD_STATES(conn), {"ws": workspace_id, "pids": part})
         out.update((row.profile_id, doc_of(row)) for row in rows)
     return out
 
@@ -97,9 +128,19 @@ def events_after_each(
 
     Unlike one query from the lowest watermark, a profile new to the batch (or far
     behind) does not drag in every other profile's older events: those rows would be read,
-    sent and decoded only to be skipped. A ``VALUES`` list joined on the
-    ``(workspace_id, profile_id)`` index (SQLite and PostgreSQL)."""
+    sent and decoded only to be skipped. A ``VALUES`` list (SQLite), or two ``unnest``ed
+    arrays (PostgreSQL), joined on the ``(workspace_id, profile_id)`` index."""
     if not watermarks:
+        return
+    if conn.dialect.name == "postgresql":
+        # Two array parameters: one statement text for any number of profiles, which
+        # psycopg converts once and prepares on the server.
+        pg_params = {
+            "ws": workspace_id,
+            "pids": list(watermarks),
+            "afters": [int(a) for a in watermarks.values()],
+        }
+        yield from conn.execute(_EVENTS_AFTER_EACH_PG[stream], pg_params)
         return
     params: dict[str, Any] = {"ws": workspace_id}
     for i, (pid, after) in enumerate(watermarks.items()):
@@ -119,6 +160,23 @@ def _events_after_each_query(n: int, stream: bool) -> Executable:
         "AND e.profile_id = w.pid AND e.seq > w.after ORDER BY e.seq"
     ).columns(*_EVENT_COLUMNS)
     return query.execution_options(yield_per=2000) if stream else query
+
+
+# LATERAL: one index lookup per profile whatever the planner's statistics say (with a
+# plain join, statistics older than the table's growth can turn it into a hash join over
+# the workspace's whole log).
+_EVENTS_AFTER_EACH_PG_TEXT = text(
+    "SELECT e.seq, e.message_id, e.type, e.event, e.timestamp, e.received_at, "
+    "e.profile_id, e.payload "
+    "FROM unnest(CAST(:pids AS VARCHAR[]), CAST(:afters AS BIGINT[])) AS w(pid, after) "
+    "CROSS JOIN LATERAL (SELECT * FROM events WHERE events.workspace_id = :ws "
+    "AND events.profile_id = w.pid AND events.seq > w.after) AS e "
+    "ORDER BY e.seq"
+).columns(*_EVENT_COLUMNS)
+_EVENTS_AFTER_EACH_PG = {
+    False: _EVENTS_AFTER_EACH_PG_TEXT,
+    True: _EVENTS_AFTER_EACH_PG_TEXT.execution_options(yield_per=2000),
+}
 
 
 _SAVE_MANY = (
@@ -189,6 +247,13 @@ def touched_since(
     return [(r.workspace_id, r.profile_id, int(r.top)) for r in conn.execute(query)]
 
 
+_WATERMARKS = ByDialect(
+    lambda pg: select(profiles.c.profile_id, profiles.c.last_seq).where(
+        profiles.c.workspace_id == bindparam("ws"), ids_in(profiles.c.profile_id, pg)
+    )
+)
+
+
 def not_folded(
     conn: Connection, touched: Sequence[tuple[str, str, int]]
 ) -> list[tuple[str, str, int]]:
@@ -200,11 +265,7 @@ def not_folded(
     out: list[tuple[str, str, int]] = []
     for ws, wanted in by_ws.items():
         for part in chunks(sorted(wanted)):
-            rows = conn.execute(
-                select(profiles.c.profile_id, profiles.c.last_seq).where(
-                    profiles.c.workspace_id == ws, profiles.c.profile_id.in_(part)
-                )
-            )
+            rows = conn.execute(_WATERMARKS(conn), {"ws": ws, "pids": part})
             out.extend((ws, pid, wanted[pid]) for pid, at in rows if at is None or at < wanted[pid])
     return out
 

@@ -116,12 +116,14 @@ class DocCache:
 @dataclass
 class _Folding:
     """Profiles folded in memory: state, watermark, the events folded in (per profile),
-    and which states were read from the database rather than kept in memory."""
+    which states were read from the database rather than kept in memory, and each
+    state's recent items before the fold (to tell whether the fold changed them)."""
 
     docs: dict[str, Doc] = field(default_factory=dict)
     tops: dict[str, int] = field(default_factory=dict)
     folded: defaultdict[str, list[Any]] = field(default_factory=lambda: defaultdict(list))
     read: set[str] = field(default_factory=set)
+    recent0: dict[str, Any] = field(default_factory=dict)
 
     def replace(self, other: _Folding) -> None:
         """``other``'s profiles instead of this one's."""
@@ -131,11 +133,12 @@ class _Folding:
         self.docs.update(other.docs)
         self.tops.update(other.tops)
         self.folded.update(other.folded)
+        self.recent0.update(other.recent0)
         self.read |= other.read
 
     def keep(self, pids: Iterable[str]) -> None:
         keep = set(pids)
-        for table in (self.docs, self.tops, self.folded):
+        for table in (self.docs, self.tops, self.folded, self.recent0):
             for pid in [p for p in table if p not in keep]:
                 del table[pid]
         self.read &= keep
@@ -241,7 +244,12 @@ class ProfileUpdater:
                 out.append(change)
             # In the same transaction: a separate one would cost a second commit (on SQLite,
             # a second wait for the write lock) for every batch with a hot user in it.
-            refreshed = self._refresh_hot(conn, ws, out, stamps)
+            # Folds replace a list they change, never mutate it: the same object is the same
+            # recent items, which the hot state then need not be sent again.
+            unchanged = [
+                docs[c.profile_id]["recent_items"] is work.recent0.get(c.profile_id) for c in out
+            ]
+            refreshed = self._refresh_hot(conn, ws, out, stamps, unchanged)
         # Committed: the states saved here (version + 1), and those read but unchanged.
         self.docs.put(
             ws,
@@ -273,6 +281,12 @@ class ProfileUpdater:
         work.read = set(read)
         work.tops = {pid: after for pid, (_, after) in state.items()}
         work.docs = {pid: doc for pid, (doc, _) in state.items()}
+        # A state folded again from scratch (a merge, a rebuild) counts as changed.
+        work.recent0 = {
+            pid: doc["recent_items"]
+            for pid, doc in work.docs.items()
+            if rows[pid].last_seq is not None
+        }
         for ev in store.events_after_each(conn, ws, dict(work.tops), stream=bulk):
             pid = ev.profile_id
             if ev.seq <= work.tops[pid]:
@@ -290,6 +304,7 @@ class ProfileUpdater:
         ws: str,
         changes: list[ProfileChange],
         stamps: list[list[tuple[str, int]]],
+        unchanged: list[bool] | None = None,
     ) -> list[ProfileChange]:
         """Hot state for the batch, and the refresh of the users it makes hot: their
         preferences recomputed now and kept on their profiles."""
@@ -299,10 +314,11 @@ class ProfileUpdater:
         # idempotent (interactions are keyed by messageId), so a rolled back batch that is
         # folded again does not count twice.
         try:
+            same = unchanged or [False] * len(changes)
             counts = self.hot.update_many(
                 [
-                    (ws, c.profile_id, (c.doc or empty())["recent_items"], s)
-                    for c, s in zip(changes, stamps, strict=True)
+                    (ws, c.profile_id, None if u else (c.doc or empty())["recent_items"], s)
+                    for c, s, u in zip(changes, stamps, same, strict=True)
                 ],
                 self.config.recent_items,
                 now,

@@ -76,23 +76,30 @@ BUILTINS: dict[str, tuple[str, str, dict[str, Any]]] = {
 
 # Built once: the real-time path runs them on every fold batch, and building and hashing a
 # statement costs more than running it.
-_STATES = select(
-    profiles.c.profile_id,
-    profiles.c.computed,
-    profiles.c.traits,
-    profiles.c.consent,
-    profiles.c.last_seq,
-).where(
-    profiles.c.workspace_id == bindparam("ws"),
-    profiles.c.profile_id.in_(bindparam("pids", expanding=True)),
+# On PostgreSQL the ids are one array parameter (see ``profile_store.ids_in``).
+_STATES = profile_store.ByDialect(
+    lambda pg: select(
+        profiles.c.profile_id,
+        profiles.c.computed,
+        profiles.c.traits,
+        profiles.c.consent,
+        profiles.c.last_seq,
+    ).where(
+        profiles.c.workspace_id == bindparam("ws"),
+        profile_store.ids_in(profiles.c.profile_id, pg),
+    )
 )
-_MEMBERSHIPS = select(memberships.c.segment_key, memberships.c.profile_id).where(
-    memberships.c.workspace_id == bindparam("ws"),
-    memberships.c.profile_id.in_(bindparam("pids", expanding=True)),
+_MEMBERSHIPS = profile_store.ByDialect(
+    lambda pg: select(memberships.c.segment_key, memberships.c.profile_id).where(
+        memberships.c.workspace_id == bindparam("ws"),
+        profile_store.ids_in(memberships.c.profile_id, pg),
+    )
 )
-_IDENTITIES = select(identities.c.kind, identities.c.value, identities.c.profile_id).where(
-    identities.c.workspace_id == bindparam("ws"),
-    identities.c.profile_id.in_(bindparam("pids", expanding=True)),
+_IDENTITIES = profile_store.ByDialect(
+    lambda pg: select(identities.c.kind, identities.c.value, identities.c.profile_id).where(
+        identities.c.workspace_id == bindparam("ws"),
+        profile_store.ids_in(identities.c.profile_id, pg),
+    )
 )
 
 
@@ -308,7 +315,7 @@ class Segments:
         and consent, read from the database."""
         out: dict[str, tuple[folds.Doc | None, dict[str, Any]]] = {}
         for part in chunks(pids):
-            rows = conn.execute(_STATES, {"ws": ws, "pids": part})
+            rows = conn.execute(_STATES(conn), {"ws": ws, "pids": part})
             for row in rows:
                 folded = row.last_seq is not None and row.computed is not None
                 doc = profile_store.doc_of(row)[0] if folded else None
@@ -330,7 +337,7 @@ class Segments:
     def _memberships(self, conn: Connection, ws: str, pids: list[str]) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {p: set() for p in pids}
         for part in chunks(pids):
-            for key, pid in conn.execute(_MEMBERSHIPS, {"ws": ws, "pids": part}):
+            for key, pid in conn.execute(_MEMBERSHIPS(conn), {"ws": ws, "pids": part}):
                 out.setdefault(pid, set()).add(key)
         return out
 
@@ -436,8 +443,14 @@ class Segments:
         # The transitions are logged in the same transaction as the memberships: both or
         # neither are committed, and the real-time path neither queues behind the
         # group-commit writer nor waits for a second commit.
-        workspace, prepared = self._transitions(ws, changes, now)
+        if self.db.dialect.name == "sqlite":
+            # Read and prepared before the write transaction: SQLite's one write lock
+            # (shared with the group-commit writer) is held only to write.
+            with self.db.connect() as conn:
+                workspace, prepared = self._transitions(conn, ws, changes, now)
         with write_tx(self.db) as conn:
+            if self.db.dialect.name != "sqlite":  # PostgreSQL locks rows: one connection
+                workspace, prepared = self._transitions(conn, ws, changes, now)
             execute_many(
                 conn,
                 insert_ignore(conn, memberships),
@@ -494,14 +507,13 @@ class Segments:
             )
 
     def _transitions(
-        self, ws: str, changes: list[tuple[str, str, bool]], now: int
+        self, conn: Connection, ws: str, changes: list[tuple[str, str, bool]], now: int
     ) -> tuple[Workspace, list[PreparedEvent]]:
         """``Segment Entered`` / ``Segment Exited`` for the log, under the person's id."""
         ids: dict[str, dict[str, str]] = {}
-        with self.db.connect() as conn:
-            for part in chunks(sorted({p for _, p, _ in changes})):
-                for kind, value, pid in conn.execute(_IDENTITIES, {"ws": ws, "pids": part}):
-                    ids.setdefault(pid, {}).setdefault(kind, value)
+        for part in chunks(sorted({p for _, p, _ in changes})):
+            for kind, value, pid in conn.execute(_IDENTITIES(conn), {"ws": ws, "pids": part}):
+                ids.setdefault(pid, {}).setdefault(kind, value)
         items = []
         for key, pid, entered in changes:
             who = ids.get(pid, {})
