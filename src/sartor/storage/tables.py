@@ -76,7 +76,8 @@ events = Table(
     Column("received_at", BigInteger, nullable=False),
     Column("payload", Document, nullable=False),
     UniqueConstraint("workspace_id", "message_id"),
-    Index(None, "workspace_id", "profile_id"),
+    # A profile's events in log order: folds read them after a watermark seq.
+    Index(None, "workspace_id", "profile_id", "seq"),
 )
 
 identities = Table(
