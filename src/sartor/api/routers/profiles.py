@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Body, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import Response
 
@@ -100,7 +101,10 @@ async def stream(websocket: WebSocket) -> None:
             getter = asyncio.create_task(queue.get())
             done, _ = await asyncio.wait({getter, receiver}, return_when=asyncio.FIRST_COMPLETED)
             if getter in done:
-                await websocket.send_json(getter.result())
+                await _send(websocket, getter.result())
+                # What else is queued goes out now, without a task per message.
+                while not queue.empty():
+                    await _send(websocket, queue.get_nowait())
             else:
                 getter.cancel()
     except (WebSocketDisconnect, RuntimeError):
@@ -110,6 +114,10 @@ async def stream(websocket: WebSocket) -> None:
         receiver.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await receiver
+
+
+async def _send(websocket: WebSocket, message: dict[str, Any]) -> None:
+    await websocket.send_text(orjson.dumps(message, option=orjson.OPT_NON_STR_KEYS).decode())
 
 
 async def _drain(websocket: WebSocket) -> None:
