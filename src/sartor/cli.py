@@ -181,6 +181,7 @@ def worker(
             name=name,
             reconcile_seconds=settings.reconcile_seconds,
         )
+        _tune_gc()  # a long-running folder of batches, as `sartor serve` is
         signal.signal(signal.SIGTERM, lambda *_: runner.stop.set())
         console.print(f"worker {runner.name} consuming profile changes")
         try:
