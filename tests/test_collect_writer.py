@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from sartor.collect.ingest import Outcome, _rows, _sql
+from sartor.collect.ingest import LINK_KINDS, Outcome, _rows, _sql
 from sartor.collect.prepare import PreparedEvent, prepare
 from sartor.collect.writer import GroupCommitWriter
 from sartor.engine import Engine
@@ -84,8 +84,14 @@ def test_lookups_read_in_one_step_return_the_rows(sqlite_engine: Engine) -> None
             sql.insert_profiles,
             [("ws", "p0", '{"ads": false, "note": "\\"q\\""}', "{}", 1, 1, 1)],
         )
-        found = _rows(conn, sql, sql.links, ("ws", "user_id", sql.values([*odd, "absent"])))
-        assert sorted(map(tuple, found)) == sorted((v, f"p{i}") for i, v in enumerate(odd))
+        wanted = {"user_id": [*odd, "absent"], "anonymous_id": odd[:1], "email_hash": []}
+        params = ["ws"]
+        for kind in LINK_KINDS:  # every kind in one statement, an empty list included
+            params += [kind, sql.values(wanted[kind])]
+        found = _rows(conn, sql, sql.links, tuple(params))
+        assert sorted(map(tuple, found)) == sorted(
+            ("user_id", v, f"p{i}") for i, v in enumerate(odd)
+        )
         consent = _rows(conn, sql, sql.consent_of, ("ws", sql.values(["p0", "p9"])))
         assert [tuple(r) for r in consent] == [("p0", '{"ads": false, "note": "\\"q\\""}')]
         assert _rows(conn, sql, sql.message_ids, ("ws", sql.values(["none"]))) == []

@@ -36,6 +36,7 @@ from sartor.workspace import Workspace
 USER = "user_id"
 ANON = "anonymous_id"
 EMAIL = "email_hash"
+LINK_KINDS = (USER, ANON, EMAIL)  # the kinds an event's ids are looked up under
 # One lock for all event inserts on PostgreSQL, so rows commit in seq order and the log
 # position is a safe checkpoint for the profile updaters.
 PG_LOG_LOCK = 0x5A7702
@@ -197,9 +198,10 @@ class _Sql:
                 return f"{column} = ANY(%s)"
             return f"{column} IN (SELECT value FROM json_each(?))"
 
+        # The links of every kind in one round trip: (kind, ids) pairs, a list may be empty.
+        kinds = " OR ".join([f"(kind = {p} AND {within('value')})"] * len(LINK_KINDS))
         self.links = (
-            f"SELECT value, profile_id FROM identities WHERE workspace_id = {p} AND kind = {p}"
-            f" AND {within('value')}"
+            f"SELECT kind, value, profile_id FROM identities WHERE workspace_id = {p} AND ({kinds})"
         )
         self.users_of = (
             f"SELECT value, profile_id FROM identities WHERE workspace_id = {p} AND kind = {p}"
@@ -224,6 +226,10 @@ class _Sql:
             "INSERT INTO profiles (workspace_id, profile_id, consent, traits, created_at,"
             f" updated_at, version) VALUES ({p}, {p}, {doc}, {doc}, {p}, {p}, {p})"
             " ON CONFLICT DO NOTHING"
+        )
+        self.update_consent = (
+            f"UPDATE profiles SET consent = {doc}, updated_at = {p}, version = version + 1"
+            f" WHERE workspace_id = {p} AND profile_id = {p}"
         )
         self.insert_events = (
             "INSERT INTO events (workspace_id, message_id, type, event, category, user_id,"
@@ -276,10 +282,13 @@ def _load(conn: Connection, ws: str, evs: list[PreparedEvent], key: bytes) -> _I
     anons = {e.anonymous_id for e in evs if e.anonymous_id} | previous
     emails = {e.email_hash for e in evs if e.email_hash}
     links = ids.links
-    for kind, values in ((USER, users), (ANON, anons), (EMAIL, emails)):
-        if values:
-            for value, pid in _rows(conn, sql, sql.links, (ws, kind, sql.values(list(values)))):
-                links[(kind, value)] = pid
+    wanted = dict(zip(LINK_KINDS, (users, anons, emails), strict=True))
+    if users or anons or emails:
+        params = [ws]
+        for kind in LINK_KINDS:
+            params += [kind, sql.values(list(wanted[kind]))]
+        for kind, value, pid in _rows(conn, sql, sql.links, tuple(params)):
+            links[(kind, value)] = pid
     if links:
         pids = sql.values(list(set(links.values())))
         for pid, consent in _rows(conn, sql, sql.consent_of, (ws, pids)):
@@ -429,11 +438,10 @@ def _write(
             sql.insert_profiles,
             [(ws, p, _dumps(ids.consent_of(p)), "{}", now, now, 1) for p in sorted(new_profiles)],
         )
-    for p in sorted({ids.resolve(p) for p in ids.dirty_consent} - new_profiles):
-        conn.execute(
-            update(profiles)
-            .where(profiles.c.workspace_id == ws, profiles.c.profile_id == p)
-            .values(consent=ids.consent_of(p), updated_at=now, version=profiles.c.version + 1)
+    changed = sorted({ids.resolve(p) for p in ids.dirty_consent} - new_profiles)
+    if changed:  # one executemany (one pipeline on PostgreSQL), not a statement per profile
+        conn.exec_driver_sql(
+            sql.update_consent, [(_dumps(ids.consent_of(p)), now, ws, p) for p in changed]
         )
     if rows:
         resolve = ids.resolve
