@@ -35,16 +35,9 @@ CRM = (
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(settings: Settings) -> Settings:
     """The conftest settings with a small upload limit, to test 413 cheaply."""
-    return Settings(
-        env="test",
-        home=tmp_path,
-        secret_key="test-secret-key-0123456789",
-        rate_limit_events_per_second=0,
-        log_json=False,
-        import_max_upload_bytes=LIMIT,
-    )
+    return settings.model_copy(update={"import_max_upload_bytes": LIMIT})
 
 
 def bearer(key: str) -> dict[str, str]:
