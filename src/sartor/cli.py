@@ -16,6 +16,7 @@ from rich.table import Table
 from sartor.clock import iso
 from sartor.config import Settings, get_settings
 from sartor.engine import Conflict, Engine, NotFound
+from sartor.runtime import tune_gc
 
 app = typer.Typer(help="Sartor: a self-hosted personalization engine.", no_args_is_help=True)
 workspace_app = typer.Typer(help="Create and list workspaces.", no_args_is_help=True)
@@ -103,19 +104,6 @@ def main_options(
         raise _exit(f"[red]configuration error:[/red] {exc}", 2) from None
 
 
-def _tune_gc() -> None:
-    """Fewer, cheaper garbage collections for a long-running server. Every request allocates
-    thousands of objects (decoded JSON, rows), so the default threshold of 700 runs a young
-    collection several times per batch, and each older one walks every object the process
-    holds. Objects alive after start-up are frozen out of collection; young collections run
-    every 10,000 allocations. Cyclic garbage is still collected, only later."""
-    import gc
-
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 50, 100)
-
-
 @app.command()
 def serve(
     ctx: typer.Context,
@@ -130,9 +118,9 @@ def serve(
 
     settings = _settings(ctx)
     configure_logging(settings.log_level, settings.log_json)
-    engine = Engine.open(settings=settings).start()
+    engine = Engine.open(settings=settings, fold_process=settings.fold_process).start()
     application = create_app(engine)
-    _tune_gc()
+    tune_gc()
     from threadpoolctl import threadpool_limits
 
     # Recommendations make many small matrix products at once; a multi-threaded BLAS splits
@@ -170,7 +158,7 @@ def worker(
     if not settings.redis_url:
         err.print(
             "[red]sartor worker needs SARTOR_REDIS_URL[/red] (without Redis, `sartor serve` "
-            "folds profiles in-process)"
+            "folds profiles itself, in a child process)"
         )
         raise typer.Exit(2)
     with Engine.open(settings=settings) as engine:
@@ -181,7 +169,7 @@ def worker(
             name=name,
             reconcile_seconds=settings.reconcile_seconds,
         )
-        _tune_gc()  # a long-running folder of batches, as `sartor serve` is
+        tune_gc()  # a long-running folder of batches, as `sartor serve` is
         signal.signal(signal.SIGTERM, lambda *_: runner.stop.set())
         console.print(f"worker {runner.name} consuming profile changes")
         try:

@@ -91,6 +91,11 @@ class Settings(BaseSettings):
     cluster_schedule_days: float = Field(
         7.0, gt=0, description="How often behavioural clusters are recomputed."
     )
+    fold_process: bool = Field(
+        True,
+        description="Without Redis, `sartor serve` folds profiles in a child process (on "
+        "another core than ingestion); false: on a thread of the server process.",
+    )
     reconcile_seconds: float = Field(
         5.0, gt=0, description="How often the updater replays the log past its checkpoint."
     )

@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sartor import metrics
 from sartor.bus import redis_streams
 from sartor.bus.broadcast import Broadcaster
+from sartor.bus.child import ChildProcessBus
 from sartor.bus.inprocess import InProcessBus
 from sartor.clock import iso
 from sartor.collect.errors import FieldError, PayloadError, RateLimited
@@ -98,7 +99,9 @@ class IngestResult:
 class Engine:
     """One Sartor engine over one database. Thread-safe; open once per process."""
 
-    def __init__(self, db_engine: SAEngine, settings: Settings) -> None:
+    def __init__(
+        self, db_engine: SAEngine, settings: Settings, *, fold_process: bool = False
+    ) -> None:
         self.db = db_engine
         self.settings = settings
         self.redis = redis_streams.connect(settings.redis_url) if settings.redis_url else None
@@ -117,11 +120,26 @@ class Engine:
             ),
             listeners=[self._on_profile_change],
         )
-        self.bus: InProcessBus | redis_streams.RedisStreamPublisher = (
-            redis_streams.RedisStreamPublisher(self.redis, settings.redis_namespace)
-            if self.redis
-            else InProcessBus(self.updater, settings.reconcile_seconds)
-        )
+        self.bus: InProcessBus | ChildProcessBus | redis_streams.RedisStreamPublisher
+        if self.redis:
+            self.bus = redis_streams.RedisStreamPublisher(self.redis, settings.redis_namespace)
+        elif fold_process:
+            # The child opens the database this engine has (given apart from the settings).
+            # What it writes is derived from the log and folded again if lost, so on SQLite
+            # its commits need not wait for the disk (WAL with synchronous=NORMAL still
+            # survives a crash of either process; a power cut may lose the newest folds).
+            url = db_engine.url.render_as_string(hide_password=False)
+            child = {"database_url": url}
+            if settings.sqlite_synchronous == "FULL":
+                child["sqlite_synchronous"] = "NORMAL"
+            self.bus = ChildProcessBus(
+                settings.model_copy(update=child),
+                self._on_folded,
+                self.broadcaster.publish_many,
+            )
+            self.broadcaster.watchers.append(self.bus.watch)
+        else:
+            self.bus = InProcessBus(self.updater, settings.reconcile_seconds)
         self.segments = Segments(self)
         self.models = Registry(db_engine, settings.home / "models")
         self.catalog = Catalog(db_engine)
@@ -144,16 +162,23 @@ class Engine:
 
     @classmethod
     def open(
-        cls, url: str | None = None, *, settings: Settings | None = None, migrate: bool = True
+        cls,
+        url: str | None = None,
+        *,
+        settings: Settings | None = None,
+        migrate: bool = True,
+        fold_process: bool = False,
     ) -> Engine:
         """Open (and by default migrate) the database at ``url``; the default is the
-        embedded SQLite file in ``SARTOR_HOME``."""
+        embedded SQLite file in ``SARTOR_HOME``. Without Redis, profiles are folded on a
+        thread once :meth:`start` is called, or with ``fold_process`` in a child process
+        (as `sartor serve` does)."""
         settings = settings or get_settings()
         url = url or settings.resolved_database_url
         engine = db.make_engine(url, sqlite_synchronous=settings.sqlite_synchronous)
         if migrate:
             db.migrate(engine)
-        return cls(engine, settings)
+        return cls(engine, settings, fold_process=fold_process)
 
     def start(self) -> Engine:
         """Start folding profiles in the background (in-process bus). With Redis, folding
@@ -223,6 +248,16 @@ class Engine:
         """Events committed outside the group-commit writer (file imports) are announced as
         after an API commit: the bus, live subscribers and the catalog hear of them."""
         self._on_commit(ws, prepared, outcomes)
+
+    def _on_folded(
+        self, pairs: list[tuple[str, str]], full: dict[str, list[dict[str, Any]]]
+    ) -> None:
+        """Profiles the folding process changed: their cached lists go, and the changes
+        reach this process's stream subscribers."""
+        for ws, pid in pairs:
+            self.recs.on_profile_change(ProfileChange(ws, pid, 0, 0))
+        for ws, messages in full.items():
+            self.broadcaster.publish_many(ws, messages)
 
     def _on_profile_change(self, change: ProfileChange) -> None:
         self.recs.on_profile_change(change)
@@ -556,6 +591,8 @@ class Engine:
         for pid in traces:
             self.hot.erase(ws.id, pid)
             self.updater.docs.forget(ws.id, pid)  # the fold state kept in memory
+            if isinstance(self.bus, ChildProcessBus):  # and in the folding process's
+                self.bus.erase(ws.id, pid)
             if self.redis is not None:
                 counts["bus_entries"] = counts.get("bus_entries", 0) + redis_streams.erase_profile(
                     self.redis, self.settings.redis_namespace, ws.id, pid
@@ -744,10 +781,20 @@ class Engine:
         for p in doc["profiles"]:
             self.updater.catch_up([(ws.id, p["profileId"])])
             full = self._render(ws, p["profileId"])
-            full["hotState"] = {"recentItems": self.hot.recent(ws.id, p["profileId"])}
+            full["hotState"] = {"recentItems": self._hot_recent(ws.id, p["profileId"])}
             rendered.append(full)
         doc["profiles"] = rendered
         return doc
+
+    def _hot_recent(self, ws: str, pid: str) -> list[dict[str, Any]]:
+        """A profile's recent items in the hot state: the folding process's, when it is
+        another process and knows the profile; else this process's (which a read that
+        folded before the child did has filled)."""
+        if isinstance(self.bus, ChildProcessBus):
+            found = self.bus.recent(ws, pid)
+            if found:
+                return found
+        return self.hot.recent(ws, pid)
 
 
 def _index_of(path: str) -> int | None:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -37,6 +38,9 @@ class Broadcaster:
         self._sender: threading.Thread | None = None
         self._closed = False
         self.dropped = 0
+        # Called with (workspace, True) when a workspace gets its first subscriber here and
+        # (workspace, False) when its last one leaves (the folding process listens).
+        self.watchers: list[Callable[[str, bool], None]] = []
 
     def publish(self, workspace_id: str, message: dict[str, Any]) -> None:
         self.publish_many(workspace_id, [message])
@@ -118,15 +122,30 @@ class Broadcaster:
     def subscribe(self, workspace_id: str) -> asyncio.Queue[dict[str, Any]]:
         q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(self.queue_size)
         with self._lock:
-            self._subs.setdefault(workspace_id, set()).add((asyncio.get_running_loop(), q))
+            subs = self._subs.setdefault(workspace_id, set())
+            first = not subs
+            subs.add((asyncio.get_running_loop(), q))
         self._ensure_listener()
+        if first:
+            self._tell_watchers(workspace_id, True)
         return q
 
     def unsubscribe(self, workspace_id: str, q: asyncio.Queue[dict[str, Any]]) -> None:
         with self._lock:
             subs = self._subs.get(workspace_id, set())
+            had = bool(subs)
             for item in [s for s in subs if s[1] is q]:
                 subs.discard(item)
+            last = had and not subs
+        if last:
+            self._tell_watchers(workspace_id, False)
+
+    def _tell_watchers(self, workspace_id: str, present: bool) -> None:
+        for watcher in self.watchers:
+            try:
+                watcher(workspace_id, present)
+            except Exception:
+                log.warning("subscriber watcher failed", exc_info=True)
 
     def _ensure_listener(self) -> None:
         if self.redis is None or self._listener is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from collections.abc import Iterator
@@ -12,6 +13,11 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+
+try:
+    import fcntl
+except ImportError:  # Windows: processes queue on SQLite's busy handler
+    fcntl = None  # type: ignore[assignment]
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -84,24 +90,70 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
     )
 
 
-# SQLite has one writer at a time. Writers of one process (the group-commit writer, the
-# profile updater, API calls) queue on this lock rather than on SQLite's busy handler, which
-# polls with sleeps of up to 100 ms: a waiting writer would sleep long after the lock was
-# free. Writers in other processes still queue on busy_timeout.
-_SQLITE_WRITE_LOCKS: weakref.WeakKeyDictionary[Engine, threading.RLock] = (
-    weakref.WeakKeyDictionary()
-)
-_LOCKS_GUARD = threading.Lock()
+# SQLite has one writer at a time. Writers queue on a lock of Sartor's rather than on
+# SQLite's busy handler, which polls with sleeps of up to 100 ms: a waiting writer would
+# sleep long after the lock was free. Threads of one process queue on a lock of the
+# process; processes (`sartor serve` and its profile folding process, an import run from
+# the command line) on an advisory lock of a file beside the database, which the kernel
+# hands to the next waiter the moment it is released, and releases if its holder dies.
+# Other programs writing the file still queue on busy_timeout.
 _WRITE_LOCK_WAIT = 30.0  # as busy_timeout; after that, SQLite's own waiting decides
 
 
-def _sqlite_write_lock(engine: Engine) -> threading.RLock | None:
+class _SqliteWriteLock:
+    """The process's lock, then (outermost only: transactions nest) the file's."""
+
+    def __init__(self, database: str | None) -> None:
+        self.local = threading.RLock()
+        self.depth = 0
+        self.path = f"{database}-sartor-lock" if database and database != ":memory:" else None
+        self.fd: int | None = None
+
+    def acquire(self) -> bool:
+        if not self.local.acquire(timeout=_WRITE_LOCK_WAIT):
+            return False
+        if self.depth == 0 and self.path is not None and fcntl is not None:
+            try:
+                if self.fd is None:
+                    self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+                fcntl.flock(self.fd, fcntl.LOCK_EX)
+            except OSError:
+                self._close()  # a file system without locks: SQLite's own waiting decides
+        self.depth += 1
+        return True
+
+    def release(self) -> None:
+        self.depth -= 1
+        if self.depth == 0 and self.fd is not None and fcntl is not None:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+            except OSError:
+                self._close()
+        self.local.release()
+
+    def _close(self) -> None:
+        fd, self.fd, self.path = self.fd, None, None
+        if fd is not None:
+            os.close(fd)
+
+    def __del__(self) -> None:  # the engine is gone
+        if self.fd is not None:
+            os.close(self.fd)
+
+
+_SQLITE_WRITE_LOCKS: weakref.WeakKeyDictionary[Engine, _SqliteWriteLock] = (
+    weakref.WeakKeyDictionary()
+)
+_LOCKS_GUARD = threading.Lock()
+
+
+def _sqlite_write_lock(engine: Engine) -> _SqliteWriteLock | None:
     if engine.dialect.name != "sqlite":
         return None
     lock = _SQLITE_WRITE_LOCKS.get(engine)
     if lock is None:
         with _LOCKS_GUARD:
-            lock = _SQLITE_WRITE_LOCKS.setdefault(engine, threading.RLock())
+            lock = _SQLITE_WRITE_LOCKS.setdefault(engine, _SqliteWriteLock(engine.url.database))
     return lock
 
 
@@ -109,7 +161,7 @@ def _sqlite_write_lock(engine: Engine) -> threading.RLock | None:
 def write_tx(engine: Engine) -> Iterator[Connection]:
     """A write transaction: committed on exit, rolled back on error."""
     lock = _sqlite_write_lock(engine)
-    locked = lock.acquire(timeout=_WRITE_LOCK_WAIT) if lock is not None else False
+    locked = lock.acquire() if lock is not None else False
     try:
         with engine.connect().execution_options(sqlite_write=True) as conn, conn.begin():
             yield conn
