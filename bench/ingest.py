@@ -21,11 +21,12 @@ In one process run, for each backend:
 Each run is HTTP then raw, so the ratio HTTP / raw is computed on the same machine state.
 The median (min, max) of the runs is reported.
 
-The server folds profiles in-process after each commit, as ``sartor serve`` ships
-(``--profiles inprocess``); ``--profiles redis`` hands that to Redis Streams instead (no
-worker runs; the stream is deleted afterwards), which measures ingestion alone. Before each
-timed run and before the raw inserts the bench waits for the server's background work to
-finish, so neither overlaps the other.
+The server folds profiles after each commit in a child process, as ``sartor serve`` ships
+(``--profiles process``; its CPU counts as the server's); ``--profiles thread`` folds on a
+thread of the server process (``SARTOR_FOLD_PROCESS=false``); ``--profiles redis`` hands
+that to Redis Streams instead (no worker runs; the stream is deleted afterwards), which
+measures ingestion alone. Before each timed run and before the raw inserts the bench waits
+for the server's background work to finish, so neither overlaps the other.
 
 The machine may be shared: for each run the bench reports the cores used by the server, by
 PostgreSQL's backends, by itself and by every other process, and the server's CPU time per
@@ -306,13 +307,35 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(parts[11]) + int(parts[12])) / CLK_TCK
 
 
+def descendants(pid: int) -> list[int]:
+    """The processes ``pid`` started (its profile folding process), and theirs."""
+    found: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            kids = [int(k) for k in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        for kid in kids:
+            found += [kid, *descendants(kid)]
+    return found
+
+
+def server_cpu_seconds(pid: int) -> float:
+    """CPU seconds of the server process and of the processes it started."""
+    return sum(process_cpu_seconds(p) for p in (pid, *descendants(pid)))
+
+
 def wait_idle(pid: int, limit: float = 120.0) -> float:
     """Wait until the server's background work (profile folding) is done; seconds waited."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < limit:
-        before = process_cpu_seconds(pid)
+        before = server_cpu_seconds(pid)
         time.sleep(0.5)
-        if process_cpu_seconds(pid) - before < 0.05:
+        if server_cpu_seconds(pid) - before < 0.05:
             break
     return time.monotonic() - t0
 
@@ -332,7 +355,8 @@ class CpuMeter:
     def __enter__(self) -> CpuMeter:
         self.t0 = time.perf_counter()
         self.busy0 = busy_cpu_seconds()
-        self.server0 = process_cpu_seconds(self.pid)
+        self.server0 = server_cpu_seconds(self.pid)
+        self.api0 = process_cpu_seconds(self.pid)
         self.db0 = self._db()
         self.self0 = sum(os.times()[:2])
         return self
@@ -340,7 +364,9 @@ class CpuMeter:
     def __exit__(self, *exc: object) -> None:
         wall = time.perf_counter() - self.t0
         busy = busy_cpu_seconds() - self.busy0
-        self.server = (process_cpu_seconds(self.pid) - self.server0) / wall
+        self.server = (server_cpu_seconds(self.pid) - self.server0) / wall
+        # the server process itself; the rest of ``server`` is its folding process
+        self.api = (process_cpu_seconds(self.pid) - self.api0) / wall
         self.db = (self._db() - self.db0) / wall
         self.client = (sum(os.times()[:2]) - self.self0) / wall
         self.other = max(0.0, busy / wall - self.server - self.db - self.client)
@@ -570,6 +596,8 @@ def bench_backend(backend: str, args: argparse.Namespace, tmp: Path) -> dict[str
             key = engine.create_workspace("bench").keys["write"]
         auth = "Basic " + base64.b64encode(f"{key}:".encode()).decode()
         env = {"SARTOR_SQLITE_SYNCHRONOUS": args.synchronous}
+        if args.profiles == "thread":
+            env["SARTOR_FOLD_PROCESS"] = "false"
         if args.profiles == "redis":
             # Profile folding leaves the server for `sartor worker` processes (none run
             # here): the server only publishes notifications to a stream of its own.
@@ -616,10 +644,11 @@ def bench_backend(backend: str, args: argparse.Namespace, tmp: Path) -> dict[str
             # The events' background work (profile folding) goes on after the last answer:
             # wait for it, and count its CPU time too.
             lag = wait_idle(server.proc.pid) if server.proc else 0.0
-            with_background = (process_cpu_seconds(cpu.pid) - cpu.server0) / res.events * 1e6
+            with_background = (server_cpu_seconds(cpu.pid) - cpu.server0) / res.events * 1e6
             cpu_use.append(
                 {
                     "server": cpu.server,
+                    "server_api_process": cpu.api,
                     "database": cpu.db,
                     "client": cpu.client,
                     "other": cpu.other,
@@ -642,7 +671,7 @@ def bench_backend(backend: str, args: argparse.Namespace, tmp: Path) -> dict[str
                 f"run {run + 1}/{args.runs}: HTTP {res.rate:,.0f} events/s, server CPU "
                 f"{cpu.server * res.seconds / res.events * 1e6:.0f} us/event, "
                 f"{with_background:.0f} with background work (cores: server "
-                f"{cpu.server:.2f}, "
+                f"{cpu.server:.2f} of which API process {cpu.api:.2f}, "
                 + (f"database {cpu.db:.2f}, " if pg_name else "")
                 + f"client {cpu.client:.2f}, "
                 f"other processes {cpu.other:.2f}) (server busy {lag:.1f} s after)"
@@ -712,10 +741,11 @@ def main() -> int:
     ap.add_argument("--synchronous", choices=("FULL", "NORMAL"), default="FULL")
     ap.add_argument(
         "--profiles",
-        choices=("inprocess", "redis"),
-        default="inprocess",
-        help="inprocess: the server folds profiles itself, as `sartor serve` ships; redis: "
-        "it hands them to Redis Streams (no worker runs), measuring ingestion alone",
+        choices=("process", "thread", "redis"),
+        default="process",
+        help="process: the server folds profiles in a child process, as `sartor serve` "
+        "ships; thread: on a thread of its own process; redis: it hands them to Redis "
+        "Streams (no worker runs), measuring ingestion alone",
     )
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     ap.add_argument("--seed", type=int, default=7)
@@ -764,6 +794,7 @@ def main() -> int:
             )
         other = statistics.mean(c["other"] for c in r["cpu_cores_during_http"])
         server_cores = statistics.mean(c["server"] for c in r["cpu_cores_during_http"])
+        api_cores = statistics.mean(c["server_api_process"] for c in r["cpu_cores_during_http"])
         client_cores = statistics.mean(c["client"] for c in r["cpu_cores_during_http"])
         db_cores = statistics.mean(c["database"] for c in r["cpu_cores_during_http"])
         cost = statistics.median(c["server_cpu_us_per_event"] for c in r["cpu_cores_during_http"])
@@ -775,7 +806,8 @@ def main() -> int:
         print(
             f"  {b}: server CPU {cost:.0f} us/event during the runs, {total:.0f} with the "
             f"background work after them; cores used during HTTP runs: server "
-            f"{server_cores:.2f}, "
+            f"{server_cores:.2f} (API process {api_cores:.2f}, "
+            f"folding {server_cores - api_cores:.2f}), "
             + (f"PostgreSQL {db_cores:.2f}, " if b == "postgresql" else "")
             + f"load generator {client_cores:.2f}, other processes {other:.2f}"
             + ("  (machine shared: rates are depressed)" if other > 0.2 else "")

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/profiles.py [--runs 3] [--events 40000] [--users 3000]
         [--workers 2] [--rate 1000] [--seconds 20] [--latency-runs 2] [--history 10000]
-        [--only fold,pg-fold,lat-sqlite,lat-pg] [--folds-only] [--json out.json]
+        [--only fold,pg-fold,lat-sqlite,lat-serve,lat-pg] [--folds-only] [--json out.json]
 
 Throughput (events folded per second, and CPU microseconds per event), each run on an
 identical fresh copy of one log of ``--events`` realistic e-commerce events (views, cart
@@ -32,6 +32,9 @@ machine the latency depends on what the others leave; the CPU cost does much les
   folding, observed by a listener on ``engine.updater`` (target p99 < 50 ms); the garbage
   collector is tuned as ``sartor serve`` tunes it; ``--folds-only`` detaches the segment
   evaluation, for diagnosis;
+* **SQLite, served** (``lat-serve``): ``POST /v1/batch`` to a ``sartor serve`` subprocess on
+  SQLite as it ships (folding in its child process), observed on the WebSocket
+  ``/v1/stream`` (target p99 < 50 ms, as in-process); the CPU is shown per process;
 * **PostgreSQL + Redis**: ``POST /v1/batch`` to a ``sartor serve`` subprocess, ``--workers``
   ``sartor worker`` processes, observed on the WebSocket ``/v1/stream`` of the API process
   (target p99 < 200 ms); the CPU is shown per process kind (API, workers, the rest).
@@ -77,11 +80,11 @@ sys.path.insert(0, str(ROOT / "src"))
 from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
-from sartor.cli import _tune_gc  # noqa: E402
 from sartor.config import Settings  # noqa: E402
 from sartor.engine import Engine  # noqa: E402
 from sartor.profiles import folds  # noqa: E402
 from sartor.profiles import store as profile_store  # noqa: E402
+from sartor.runtime import tune_gc  # noqa: E402
 from sartor.storage.db import write_tx  # noqa: E402
 from sartor.testing.traffic import Traffic, iso  # noqa: E402
 
@@ -741,7 +744,7 @@ def bench_latency_sqlite(args: argparse.Namespace, tmp: Path, run: int) -> dict[
         # be over before the run starts (the bus is idle once it has folded them).
         engine.bus.idle.wait(120)
         wait_caught_up(engine.db)
-        _tune_gc()  # as `sartor serve` does before it takes traffic
+        tune_gc()  # as `sartor serve` does before it takes traffic
 
         def send(batch: list[dict[str, Any]], out: Paced) -> None:
             t = time.perf_counter()
@@ -761,22 +764,63 @@ def bench_latency_sqlite(args: argparse.Namespace, tmp: Path, run: int) -> dict[
 
 
 def bench_latency_pg(args: argparse.Namespace, tmp: Path, run: int) -> dict[str, Any]:
+    return bench_latency_served(args, tmp, run, "pg")
+
+
+def bench_latency_serve_sqlite(args: argparse.Namespace, tmp: Path, run: int) -> dict[str, Any]:
+    return bench_latency_served(args, tmp, run, "sqlite")
+
+
+def children_cpu(proc: Proc) -> float:
+    """CPU seconds of the processes ``proc`` started (`sartor serve`'s folding process)."""
+    total = 0.0
+    pid = proc.proc.pid if proc.proc else None
+    if pid is None:
+        return total
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids = [int(k) for k in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        for kid in kids:
+            try:
+                parts = Path(f"/proc/{kid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def bench_latency_served(
+    args: argparse.Namespace, tmp: Path, run: int, backend: str
+) -> dict[str, Any]:
+    """Over HTTP and the WebSocket of a `sartor serve` subprocess: on PostgreSQL with Redis
+    Streams and ``--workers`` workers (``pg``), or on SQLite as it ships, folding in its
+    child process (``sqlite``)."""
     import redis
     from websockets.sync.client import connect
 
-    home = tmp / f"lat-pg-{run}"
+    pg = backend == "pg"
+    home = tmp / f"lat-{backend}-serve-{run}"
     home.mkdir()
-    name, url = create_pg()
+    name = None
+    if pg:
+        name, url = create_pg()
+    else:
+        url = f"sqlite:///{home / 'sartor.db'}"
     ns = f"bench-{secrets.token_hex(4)}"
-    env = {"SARTOR_REDIS_URL": REDIS_URL, "SARTOR_REDIS_NAMESPACE": ns}
+    env = {"SARTOR_REDIS_URL": REDIS_URL, "SARTOR_REDIS_NAMESPACE": ns} if pg else {}
     procs: list[Proc] = []
     db = create_engine(url)
-    r = redis.Redis.from_url(REDIS_URL)
+    r = redis.Redis.from_url(REDIS_URL) if pg else None
     stack = contextlib.ExitStack()
     traffic = Traffic(args.users, args.seed + run, second_devices=False, prefix="bench")
     try:
-        stack.enter_context(AutoAnalyze(url))
-        settings = bench_settings(home, redis_url=REDIS_URL, redis_namespace=ns)
+        if pg:
+            stack.enter_context(AutoAnalyze(url))
+            settings = bench_settings(home, redis_url=REDIS_URL, redis_namespace=ns)
+        else:
+            settings = bench_settings(home)
         with Engine.open(url, settings=settings) as setup:
             created = setup.create_workspace("bench")
             keys = created.keys
@@ -784,8 +828,10 @@ def bench_latency_pg(args: argparse.Namespace, tmp: Path, run: int) -> dict[str,
             ingest_all(setup, created.workspace.id, history)
         server, port = start_server(url, home / "api", env)
         procs.append(server)
-        procs += [start_worker(url, home / f"w{i}", env, f"w{i}") for i in range(args.workers)]
-        # The workers fold the history, then log and fold everyone's entry into "active".
+        if pg:
+            procs += [start_worker(url, home / f"w{i}", env, f"w{i}") for i in range(args.workers)]
+        # The workers (or the server's folding process) fold the history, then log and fold
+        # everyone's entry into "active".
         wait_caught_up(db, steady=3.0)
         before = count_events(db)
         seen = Observer()
@@ -834,23 +880,29 @@ def bench_latency_pg(args: argparse.Namespace, tmp: Path, run: int) -> dict[str,
                 out.errors.append(f"{resp.status} {data[:200]!r}")
 
         workers = procs[1:]
+
+        def folders_cpu() -> float:
+            return sum(proc_cpu(w) for w in workers) if pg else children_cpu(server)
+
         with Load() as load:
-            api0, workers0 = proc_cpu(server), sum(proc_cpu(w) for w in workers)
+            api0, workers0 = proc_cpu(server), folders_cpu()
             paced = pace(send, traffic, args.rate, args.seconds + WARMUP_S)
             wait_seen(paced, seen, db)
-            api1, workers1 = proc_cpu(server), sum(proc_cpu(w) for w in workers)
+            api1, workers1 = proc_cpu(server), folders_cpu()
         stop.set()
         listener.join()
+        label = "pg+redis" if pg else "sqlite serve"
         result = summarize_latency(
-            f"latency pg+redis run {run + 1}", paced, seen, db, args.rate, load
+            f"latency {label} run {run + 1}", paced, seen, db, args.rate, load
         )
-        # Where the CPU goes: the API process, the workers, and the rest (PostgreSQL, Redis).
+        # Where the CPU goes: the API process, the folders, and the rest (PostgreSQL, Redis).
         sent = max(1, len(paced.sent))
         api_us = result["cpu_us_per_event_api"] = (api1 - api0) / sent * 1e6
         workers_us = result["cpu_us_per_event_workers"] = (workers1 - workers0) / sent * 1e6
+        folders = f"{len(workers)} workers" if pg else "folding process"
         log(
-            f"  CPU per event: API process {api_us:.0f} us, {len(workers)} workers "
-            f"{workers_us:.0f} us, the rest (PostgreSQL, Redis) "
+            f"  CPU per event: API process {api_us:.0f} us, {folders} "
+            f"{workers_us:.0f} us, the rest "
             f"{result['cpu_us_per_event'] - api_us - workers_us:.0f} us"
         )
         # Fewer `event` messages than events stored: the stream dropped some (a subscriber
@@ -863,10 +915,12 @@ def bench_latency_pg(args: argparse.Namespace, tmp: Path, run: int) -> dict[str,
         for p in procs:
             p.stop()
         db.dispose()
-        drop_pg(name)
-        for key in r.scan_iter(f"{ns}:*", count=1000):
-            r.delete(key)
-        r.close()
+        if name is not None:
+            drop_pg(name)
+        if r is not None:
+            for key in r.scan_iter(f"{ns}:*", count=1000):
+                r.delete(key)
+            r.close()
 
 
 # -- report -------------------------------------------------------------------------------------
@@ -898,6 +952,7 @@ def rows(results: dict[str, Any]) -> Iterator[tuple[str, list[float], str, str]]
         yield "  CPU per event, the worker processes", p["worker_cpu_us_per_event"], "us", ""
     for key, label, target in (
         ("lat_sqlite", "latency SQLite in-process", 50),
+        ("lat_serve", "latency SQLite served, HTTP+WebSocket", 50),
         ("lat_pg", "latency PG+Redis, HTTP+WebSocket", 200),
     ):
         runs = results.get(key)
@@ -929,8 +984,8 @@ def main() -> int:
     )
     ap.add_argument(
         "--only",
-        default="fold,pg-fold,lat-sqlite,lat-pg",
-        help="comma-separated: fold, pg-fold, lat-sqlite, lat-pg",
+        default="fold,pg-fold,lat-sqlite,lat-serve,lat-pg",
+        help="comma-separated: fold, pg-fold, lat-sqlite, lat-serve, lat-pg",
     )
     ap.add_argument(
         "--folds-only",
@@ -955,6 +1010,10 @@ def main() -> int:
             results["lat_sqlite"] = [
                 bench_latency_sqlite(args, tmp, i) for i in range(latency_runs)
             ]
+        if "lat-serve" in only:
+            results["lat_serve"] = [
+                bench_latency_serve_sqlite(args, tmp, i) for i in range(latency_runs)
+            ]
         if "lat-pg" in only:
             results["lat_pg"] = [bench_latency_pg(args, tmp, i) for i in range(latency_runs)]
     elapsed = time.monotonic() - started
@@ -973,7 +1032,11 @@ def main() -> int:
         print(f"{label:<52} {m:>10{spec}} {rng:>22}  {unit:<5} {target} {verdict(values, target)}")
     other = [
         x for key in ("fold", "pg_fold") for x in (results.get(key) or {}).get("other_load", [])
-    ] + [r["other_load"] for key in ("lat_sqlite", "lat_pg") for r in results.get(key, [])]
+    ] + [
+        r["other_load"]
+        for key in ("lat_sqlite", "lat_serve", "lat_pg")
+        for r in results.get(key, [])
+    ]
     if other:
         print(
             f"load from other processes on the machine during the runs: "
@@ -988,7 +1051,7 @@ def main() -> int:
     problems = [
         f"{key} run {i + 1}: {r['unseen']} unseen, {r['not_stored']} not stored, "
         f"errors {r['errors']}"
-        for key in ("lat_sqlite", "lat_pg")
+        for key in ("lat_sqlite", "lat_serve", "lat_pg")
         for i, r in enumerate(results.get(key, []))
         if r["unseen"] or r["not_stored"] or r["errors"]
     ]
