@@ -210,15 +210,18 @@ class Proc:
                 self.proc.wait(10)
 
 
-def proc_cpu(proc: Proc) -> float:
-    """CPU seconds used so far by a subprocess."""
-    if proc.proc is None:
-        return 0.0
+def pid_cpu(pid: int) -> float:
+    """CPU seconds used so far by a process."""
     try:
-        stat = Path(f"/proc/{proc.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
     return (int(stat[11]) + int(stat[12])) / CLK_TCK
+
+
+def proc_cpu(proc: Proc) -> float:
+    """CPU seconds used so far by a subprocess."""
+    return pid_cpu(proc.proc.pid) if proc.proc is not None else 0.0
 
 
 def start_server(url: str, home: Path, env: dict[str, str]) -> tuple[Proc, int]:
@@ -773,21 +776,14 @@ def bench_latency_serve_sqlite(args: argparse.Namespace, tmp: Path, run: int) ->
 
 def children_cpu(proc: Proc) -> float:
     """CPU seconds of the processes ``proc`` started (`sartor serve`'s folding process)."""
+    if proc.proc is None:
+        return 0.0
     total = 0.0
-    pid = proc.proc.pid if proc.proc else None
-    if pid is None:
-        return total
-    for task in Path(f"/proc/{pid}/task").glob("*"):
+    for task in Path(f"/proc/{proc.proc.pid}/task").glob("*"):
         try:
-            kids = [int(k) for k in (task / "children").read_text().split()]
+            total += sum(pid_cpu(int(k)) for k in (task / "children").read_text().split())
         except OSError:
             continue
-        for kid in kids:
-            try:
-                parts = Path(f"/proc/{kid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            total += (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
     return total
 
 

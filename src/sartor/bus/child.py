@@ -57,7 +57,6 @@ class ChildProcessBus:
         self.settings = settings
         self.on_changes = on_changes
         self.on_events = on_events
-        self.idle = threading.Event()  # as the in-process bus's (never waited on here)
         self._conn: Connection | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._send_lock = threading.Lock()
@@ -326,4 +325,3 @@ def main() -> None:
     except Exception:
         log.exception("profile folding process failed after %.0f s", time.monotonic() - started)
         os._exit(1)
-
